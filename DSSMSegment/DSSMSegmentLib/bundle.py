@@ -1,0 +1,177 @@
+"""Model bundles: a folder with ``model.safetensors`` (fp16 weights) and ``model.json`` (the plan).
+
+``model.json`` holds the architecture, the labels (value, name, colour, SNOMED CT terminology), the
+preprocessing, the default number of Markov steps, the training data and split, the measured metrics and
+the weights' sha256, which is checked on every load. Weights are never unpickled: safetensors only.
+
+Bundled models live in ``DSSMSegment/Resources/Models/<name>/`` so that they install with the Slicer
+module; local ones in ``~/.dssm/models/<name>/`` or any folder listed in ``DSSM_MODELS_PATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from .errors import DSSMError
+from .networks import ArchitectureConfig, build_model
+from .preprocess import Preprocessing
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+def model_search_paths() -> List[Path]:
+    extra = [Path(p).expanduser() for p in os.environ.get("DSSM_MODELS_PATH", "").split(os.pathsep) if p]
+    return [BUNDLED_MODELS_DIR, *extra, Path("~/.dssm/models").expanduser()]
+
+
+@dataclass
+class LabelInfo:
+    value: int
+    name: str
+    color: list  # [r, g, b], 0-255
+    terminology: dict  # {"category": [scheme, code, meaning], "type": [scheme, code, meaning]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelInfo":
+        return cls(int(d["value"]), str(d["name"]), list(d["color"]), dict(d.get("terminology", {})))
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ModelBundle:
+    """A model bundle on disk. Reading it checks ``model.json``; :meth:`load_network` checks the weights."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.is_file():
+            raise DSSMError(f"{self.path} is not a DSSM model bundle: {META_FILE} is missing")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            self.name = str(self.meta.get("name", self.path.name))
+            self.architecture = ArchitectureConfig.from_dict(self.meta["architecture"])
+            self.preprocessing = Preprocessing.from_dict(self.meta["preprocessing"])
+            self.labels = [LabelInfo.from_dict(d) for d in self.meta["labels"]]
+            self.default_steps = int(self.meta.get("default_steps", 4))
+            self.postprocessing = dict(self.meta.get("postprocessing", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DSSMError(f"{meta_path} is corrupt or incomplete ({type(exc).__name__}: {exc}); "
+                            "reinstall or retrain the model") from None
+        if len(self.labels) != self.architecture.num_classes - 1:
+            raise DSSMError(f"{meta_path} lists {len(self.labels)} labels but the network has "
+                            f"{self.architecture.num_classes - 1} foreground classes")
+
+    @property
+    def modality(self) -> str:
+        return self.preprocessing.modality
+
+    @property
+    def metrics(self) -> dict:
+        return self.meta.get("metrics", {})
+
+    def load_network(self, device: torch.device) -> torch.nn.Module:
+        """Build the network and load its weights after checking the file's sha256."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        weights = self.path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise DSSMError(f"model '{self.name}': {weights} is missing; reinstall or retrain the model")
+        expected = self.meta.get("sha256")
+        if expected and sha256_of(weights) != expected:
+            raise DSSMError(f"model '{self.name}': {weights.name} does not match the sha256 in {META_FILE} "
+                            "(corrupt or replaced file); reinstall the model")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DSSMError(f"model '{self.name}': {weights.name} is not a valid safetensors file ({exc})") from None
+        network = build_model(self.architecture)
+        own = network.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        if missing or unexpected or wrong:
+            raise DSSMError(
+                f"model '{self.name}': weights do not fit the architecture in {META_FILE} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors, "
+                f"e.g. {(missing + unexpected + wrong)[:2]}); the bundle is mismatched")
+        network.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        return network.to(device).eval()
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "kind": self.architecture.kind,
+            "modality": self.modality,
+            "labels": {lab.value: lab.name for lab in self.labels},
+            "default_steps": self.default_steps,
+            "metrics": self.metrics,
+        }
+
+
+def save_bundle(network: torch.nn.Module, folder: Path, meta: dict) -> ModelBundle:
+    """Write fp16 weights and ``model.json`` (with the weights' sha256); returns the reloaded bundle."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in network.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "dssm", "version": str(FORMAT_VERSION)})
+    meta = dict(meta)
+    meta["format_version"] = FORMAT_VERSION
+    meta["sha256"] = sha256_of(folder / WEIGHTS_FILE)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return ModelBundle(folder)
+
+
+def available_models() -> List[ModelBundle]:
+    """Every readable bundle in the search paths (bundled first). Unreadable folders are skipped."""
+    found, seen = [], set()
+    for root in model_search_paths():
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
+            try:
+                bundle = ModelBundle(folder)
+            except DSSMError:
+                continue
+            if bundle.name not in seen:
+                seen.add(bundle.name)
+                found.append(bundle)
+    return found
+
+
+def resolve_model(name_or_path: str) -> ModelBundle:
+    """A bundle folder path, or the name of a bundled or local model."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return ModelBundle(path)
+    for root in model_search_paths():
+        if (root / name_or_path / META_FILE).is_file():
+            return ModelBundle(root / name_or_path)
+    names = ", ".join(b.name for b in available_models()) or "none"
+    raise DSSMError(f"model '{name_or_path}' not found (available: {names}); "
+                    "pass a model name from 'dssm models' or the path of a bundle folder")
+
+
+def default_model_name() -> Optional[str]:
+    models = available_models()
+    return models[0].name if models else None

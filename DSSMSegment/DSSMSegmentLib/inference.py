@@ -1,0 +1,168 @@
+"""From an image to a label image: the inference pipeline (DESIGN.md, 'The pipeline').
+
+:class:`Segmenter` loads a model bundle once and then segments any number of images. Each call:
+read -> check -> slice along the through-plane axis -> normalise -> resample in-plane -> pad -> network in
+batches of slices (CUDA with bf16 autocast, or CPU) -> crop -> resample probabilities back (linear) ->
+argmax -> optional largest component per structure -> label image on exactly the input's voxel grid.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import preprocess as pp
+from .bundle import ModelBundle
+from .errors import Cancelled, DSSMError
+from .imageio import label_image_like, spacing_zyx, to_channels
+
+ProgressCallback = Callable[[str, float], None]  # (stage, fraction of the whole case done)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without a GPU is an error, not a silent fallback."""
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested in ("gpu", "cuda") or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DSSMError("--device cuda was requested but no CUDA GPU is available to PyTorch "
+                            f"(torch {torch.__version__}); use --device cpu or auto, or install a CUDA build of torch")
+        return torch.device("cuda" if requested == "gpu" else requested)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise DSSMError(f"unknown device '{requested}' (expected auto, cpu or cuda)")
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage for one case."""
+
+    stages: Dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages.values())
+
+
+class _Clock:
+    def __init__(self, timings: Timings, device: torch.device) -> None:
+        self.timings, self.device = timings, device
+
+    def __call__(self, stage: str):
+        clock = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if clock.device.type == "cuda":
+                    torch.cuda.synchronize(clock.device)
+                clock.timings.add(stage, time.perf_counter() - self.t0)
+
+        return _Ctx()
+
+
+def keep_largest_component(labels: np.ndarray, values) -> np.ndarray:
+    """Keep only the largest connected component (26-/8-connected) of each listed label value."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for value in values:
+        mask = labels == value
+        components, n = ndimage.label(mask, structure=structure)
+        if n > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            out[mask & (components != 1 + int(np.argmax(sizes)))] = 0
+    return out
+
+
+class Segmenter:
+    """A loaded model, ready to segment images one after another."""
+
+    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16) -> None:
+        self.bundle = bundle
+        self.device = pick_device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.network = bundle.load_network(self.device)
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    # ---------------------------------------------------------------------------------------------------
+    def segment(self, image: sitk.Image, steps: Optional[int] = None, seed: int = 0,
+                progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
+                timings: Optional[Timings] = None, postprocess: bool = True, name: str = "image") -> sitk.Image:
+        """Segment one image; returns a uint8 label image on the input's exact grid."""
+        steps = self.bundle.default_steps if steps is None else int(steps)
+        if steps < 0:
+            raise DSSMError("--steps must be 0 or more")
+        timings = timings if timings is not None else Timings()
+        clock = _Clock(timings, self.device)
+        report = progress or (lambda stage, fraction: None)
+
+        def check_cancel() -> None:
+            if cancel is not None and cancel():
+                raise Cancelled()
+
+        prep = self.bundle.preprocessing
+        with clock("preprocess"):
+            report("preprocess", 0.0)
+            array = to_channels(image, self.bundle.architecture.in_channels, name)
+            spacing = spacing_zyx(image)
+            axis = pp.slice_axis(spacing, array.shape[1:])
+            slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
+            shape_hw = slices.shape[-2:]
+            target = prep.target_shape(shape_hw, inplane)
+        labels = np.zeros((slices.shape[0], *shape_hw), dtype=np.uint8)
+        try:
+            self._run_network(slices, target, shape_hw, steps, seed, labels, clock, report, check_cancel)
+        except torch.cuda.OutOfMemoryError:
+            raise DSSMError(f"out of GPU memory while segmenting {name}; use a smaller --batch-size "
+                            "or --device cpu") from None
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+                raise DSSMError(f"out of memory while segmenting {name}; use a smaller --batch-size") from None
+            raise
+        with clock("postprocess"):
+            volume = pp.from_slices(labels, axis)
+            values = self.bundle.postprocessing.get("largest_component", []) if postprocess else []
+            if values:
+                volume = keep_largest_component(volume, values)
+            result = label_image_like(volume, image)
+        report("done", 1.0)
+        return result
+
+    def _run_network(self, slices, target, shape_hw, steps, seed, labels, clock, report, check_cancel) -> None:
+        device = self.device
+        multiple = self.bundle.architecture.size_multiple
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+        generator = torch.Generator(device=device)
+        n = slices.shape[0]
+        with torch.inference_mode(), autocast:
+            for start in range(0, n, self.batch_size):
+                check_cancel()
+                generator.manual_seed(seed + start)  # deterministic per batch, whatever the batching before it
+                with clock("resample in"):
+                    batch = torch.from_numpy(slices[start:start + self.batch_size]).to(device)
+                    batch = pp.resize(batch, target)
+                    batch, (h, w) = pp.pad_to_multiple(batch, multiple)
+                    if device.type == "cuda":
+                        batch = batch.contiguous(memory_format=torch.channels_last)
+                with clock("network"):
+                    logits = self.network(batch, steps=steps, generator=generator)
+                with clock("resample out"):
+                    probs = torch.softmax(logits[..., :h, :w].float(), dim=1)
+                    probs = pp.resize(probs, shape_hw)
+                    labels[start:start + batch.shape[0]] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                report("network", min(1.0, (start + batch.shape[0]) / n) * 0.95)

@@ -1,0 +1,358 @@
+"""``dssm train``: end-to-end training from the compact cache, on one device or under ``torchrun`` (DDP).
+
+The loop is iteration-based with a budget given either in iterations or in minutes of training time; the
+learning rate follows warm-up and cosine decay over the *fraction of the budget done*, so a run that must
+stop (a 10-minute slot on a lent GPU) checkpoints and resumes exactly where it was. Each validation writes
+a row to ``log.csv`` and redraws ``curves.png``; the end writes a model bundle with EMA weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, intensity, spatial
+from .bundle import save_bundle
+from .datasets import CachedData, build_cache, load_cache, split_cases, Case
+from .errors import DSSMError
+from .networks import ArchitectureConfig, build_model
+from .preprocess import Preprocessing, pad_to_multiple
+from .recipes import get_recipe
+
+
+@dataclass
+class TrainConfig:
+    recipe: str
+    out: Path
+    kind: str = "dssm"
+    data: Optional[str] = None  # overrides the recipe's dataset spec
+    cache: Optional[Path] = None
+    iterations: int = 0
+    minutes: float = 0.0
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    widths: Optional[List[int]] = None
+    val_patients: Optional[List[str]] = None  # explicit validation split (e.g. one fold of leave-one-out)
+    val_every: float = 0.1  # fraction of the budget between validations
+    device: str = "auto"
+    default_steps: int = 4
+    name: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes (batch-pooled)."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    return ce + (1.0 - dice[1:].mean())
+
+
+class TrainStep(nn.Module):
+    """Wraps the network so that DDP sees the whole loss computation in ``forward``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        if net.cfg.kind == "baseline":
+            return dice_ce_loss(net(x), target)
+        onehot = F.one_hot(target, net.cfg.num_classes).permute(0, 3, 1, 2).to(x.dtype)
+        o = net.training_forward(x, onehot)
+        return (dice_ce_loss(o.final, target) + 0.5 * dice_ce_loss(o.final_no_markov, target)
+                + 0.5 * dice_ce_loss(o.first, target) + 0.5 * dice_ce_loss(o.decoded, target)
+                + dice_ce_loss(o.reconstructed, target) + F.mse_loss(o.z0_pred.float(), o.z0_target.float()))
+
+
+class EMA:
+    """Exponential moving average of the weights (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                       for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point() and k in self.shadow and "running" not in k:
+                self.shadow[k].lerp_(v.float(), 1 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def lr_factor(fraction: float, warmup: float = 0.03) -> float:
+    if fraction < warmup:
+        return max(fraction / warmup, 0.01)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (fraction - warmup) / (1 - warmup))))
+
+
+def pooled_dice(network: nn.Module, data: CachedData, num_classes: int, device: torch.device, steps: int,
+                batch: int = 64) -> List[float]:
+    """Per-class Dice pooled over all validation slices, at cache resolution."""
+    inter = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    network.eval()
+    multiple = network.cfg.size_multiple
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    gen = torch.Generator(device=device)
+    with torch.inference_mode(), autocast:
+        for s in range(0, len(data.images), batch):
+            gen.manual_seed(s)
+            x = torch.from_numpy(data.images[s:s + batch].astype(np.float32)).to(device)
+            x, (h, w) = pad_to_multiple(x, multiple)
+            pred = network(x, steps=steps, generator=gen)[..., :h, :w].argmax(1).cpu().numpy()
+            y = data.labels[s:s + batch]
+            for c in range(1, num_classes):
+                inter[c] += np.logical_and(pred == c, y == c).sum()
+                total[c] += (pred == c).sum() + (y == c).sum()
+    network.train()
+    return [float(2 * inter[c] / total[c]) if total[c] > 0 else 1.0 for c in range(1, num_classes)]
+
+
+def _plot(log_path: Path, png_path: Path, label_names: List[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(log_path)))
+    if not rows:
+        return
+    it = [int(r["iteration"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(it, [float(r["loss"]) for r in rows])
+    a.set_xlabel("iteration"), a.set_ylabel("training loss"), a.set_yscale("log")
+    for name in label_names:
+        b.plot(it, [float(r[f"val_dice_{name}"]) for r in rows], label=name)
+    b.set_xlabel("iteration"), b.set_ylabel("validation Dice"), b.legend(), b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def _setup_distributed(device_request: str):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device_request != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    if device_request == "cpu" or not torch.cuda.is_available():
+        if device_request in ("cuda", "gpu"):
+            raise DSSMError("--device cuda was requested but no CUDA GPU is available")
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return world, rank, device
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
+    """Train (or resume) a model; returns the bundle folder when the budget is done, else None."""
+    if cfg.iterations <= 0 and cfg.minutes <= 0:
+        raise DSSMError("give a training budget: --iterations N or --minutes M")
+    recipe = get_recipe(cfg.recipe)
+    world, rank, device = _setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + rank)
+    np_rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prep = Preprocessing.from_dict(recipe["preprocessing"])
+    in_channels = int(recipe.get("in_channels", 1))
+    data_spec = cfg.data or recipe["data"]
+    cache_path = Path(cfg.cache) if cfg.cache else Path("cache") / f"{cfg.recipe}.npz"
+    if not cache_path.exists():
+        if rank == 0:
+            build_cache(data_spec, prep, in_channels, recipe["tile"], cache_path, recipe.get("encoding", "jpeg"),
+                        progress=progress)
+        if world > 1:
+            dist.barrier()
+    data = load_cache(cache_path)
+    patients = sorted(set(data.patients.tolist()))
+    groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
+    if cfg.val_patients:
+        val = sorted(p for p in patients if p in cfg.val_patients or p.split(":")[-1] in cfg.val_patients)
+        split = {"train": [p for p in patients if p not in val], "val": val}
+    else:
+        split = split_cases([Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0])
+                             for p in patients], recipe["val_fraction"], seed=cfg.seed)
+    train_data, val_data = data.subset(split["train"]), data.subset(split["val"])
+    if len(train_data.images) == 0:
+        raise DSSMError("the training split is empty")
+    labels = recipe["labels"]
+    arch = ArchitectureConfig(kind=cfg.kind, in_channels=in_channels, num_classes=len(labels) + 1)
+    if cfg.widths:
+        arch.widths = tuple(cfg.widths)
+    network = build_model(arch).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        network = network.to(memory_format=torch.channels_last)
+    step_module = TrainStep(network)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(network)
+    state = {"iteration": 0, "train_seconds": 0.0}
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        network.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
+        state = {"iteration": int(ckpt["iteration"]), "train_seconds": float(ckpt["train_seconds"])}
+        if rank == 0 and progress:
+            print(f"resuming {out} at iteration {state['iteration']} ({state['train_seconds'] / 60:.1f} min trained)")
+    aug = AugmentConfig.from_dict(recipe["augment"])
+    crop = tuple(recipe["crop"])
+    label_names = [lab["name"] for lab in labels]
+    log_path = out / "log.csv"
+    if rank == 0 and not log_path.exists():
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(["iteration", "train_minutes", "lr", "loss", "val_mean_dice"]
+                                   + [f"val_dice_{n}" for n in label_names])
+
+    def fraction_done() -> float:
+        if cfg.iterations > 0:
+            return state["iteration"] / cfg.iterations
+        return state["train_seconds"] / (60 * cfg.minutes)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    images_t = torch.from_numpy(train_data.images)  # float16, stays on the host; batches are copied over
+    labels_t = torch.from_numpy(train_data.labels.astype(np.int64))
+    next_val = (math.floor(fraction_done() / cfg.val_every) + 1) * cfg.val_every
+    losses: List[float] = []
+    bar = None
+    if rank == 0 and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1000, desc=f"train {cfg.recipe} ({cfg.kind})", unit="‰", initial=int(1000 * fraction_done()))
+    network.train()
+    stop_flag = torch.zeros(1, device=device)
+    while True:
+        t0 = time.perf_counter()
+        idx = torch.from_numpy(np_rng.integers(0, len(images_t), cfg.batch_size))
+        x = images_t[idx].to(device, non_blocking=True).float()
+        y = labels_t[idx].to(device, non_blocking=True)
+        with torch.no_grad():
+            x, y = spatial(x, y, crop, aug)
+            x = intensity(x, aug)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(fraction_done())
+        with autocast:
+            loss = step_module(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        opt.step()
+        ema.update(network, state["iteration"])
+        if device.type == "cuda" and state["iteration"] % 50 == 0:
+            torch.cuda.synchronize(device)
+        losses.append(float(loss.detach()))
+        state["iteration"] += 1
+        state["train_seconds"] += time.perf_counter() - t0
+        done = fraction_done()
+        stop_flag.fill_(1.0 if done >= 1.0 else 0.0)
+        if world > 1:
+            dist.broadcast(stop_flag, 0)
+            frac_t = torch.tensor([state["train_seconds"]], device=device)
+            dist.broadcast(frac_t, 0)
+            state["train_seconds"] = float(frac_t)
+        finished = bool(stop_flag.item())
+        if bar is not None:
+            bar.n = min(1000, int(1000 * done))
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", it=state["iteration"], refresh=False)
+            bar.refresh()
+        if done >= next_val or finished:
+            next_val += cfg.val_every
+            if rank == 0:
+                _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, log_path, label_names,
+                                  opt, ckpt_path)
+                _plot(log_path, out / "curves.png", label_names)
+            losses = []
+        if finished:
+            break
+    if bar is not None:
+        bar.close()
+    bundle_dir = None
+    if rank == 0:
+        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, world)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return bundle_dir
+
+
+def _ema_network(arch: ArchitectureConfig, ema: EMA, device: torch.device) -> nn.Module:
+    net = build_model(arch).to(device)
+    net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in ema.shadow.items()})
+    return net
+
+
+def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, log_path, label_names, opt,
+                      ckpt_path) -> None:
+    if len(val_data.images):
+        dice = pooled_dice(_ema_network(arch, ema, device), val_data, arch.num_classes, device,
+                           cfg.default_steps if arch.kind == "dssm" else 0)
+    else:
+        dice = [float("nan")] * len(label_names)
+    with open(log_path, "a", newline="") as f:
+        csv.writer(f).writerow([state["iteration"], f"{state['train_seconds'] / 60:.2f}",
+                                f"{opt.param_groups[0]['lr']:.2e}", f"{np.mean(losses) if losses else float('nan'):.4f}",
+                                f"{np.nanmean(dice):.4f}"] + [f"{d:.4f}" for d in dice])
+    torch.save({"model": network.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
+                "iteration": state["iteration"], "train_seconds": state["train_seconds"]}, ckpt_path)
+
+
+def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, world) -> Path:
+    name = cfg.name or (cfg.recipe if cfg.kind == "dssm" else f"{cfg.recipe}-baseline")
+    rows = list(csv.DictReader(open(log_path)))
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    meta = {
+        "name": name,
+        "description": recipe["description"] + ("" if cfg.kind == "dssm" else " Discriminative baseline (no generative part)."),
+        "architecture": arch.to_dict(),
+        "labels": recipe["labels"],
+        "preprocessing": prep.to_dict(),
+        "default_steps": cfg.default_steps if cfg.kind == "dssm" else 0,
+        "postprocessing": recipe.get("postprocessing", {}),
+        "training": {
+            "recipe": cfg.recipe, "data": cfg.data or recipe["data"], "split_seed": cfg.seed,
+            "split": split, "iterations": state["iteration"], "batch_size": cfg.batch_size * world,
+            "train_minutes": round(state["train_seconds"] / 60, 2), "hardware": hardware, "processes": world,
+            "augment": recipe["augment"], "crop": recipe["crop"], "lr": cfg.lr,
+            "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
+            "torch": torch.__version__,
+        },
+        "metrics": {},
+    }
+    bundle = save_bundle(_ema_network(arch, ema, torch.device("cpu")), Path(cfg.out) / "bundle" / name, meta)
+    return bundle.path
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
