@@ -24,6 +24,9 @@ from .networks import ArchitectureConfig, build_model
 from .preprocess import Preprocessing
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+# The discriminative baselines ship in the source repository (for reproducing the comparison), not with
+# the Slicer extension.
+BASELINE_MODELS_DIR = Path(__file__).resolve().parents[2] / "Baselines"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT_VERSION = 1
@@ -31,7 +34,7 @@ FORMAT_VERSION = 1
 
 def model_search_paths() -> List[Path]:
     extra = [Path(p).expanduser() for p in os.environ.get("DSSM_MODELS_PATH", "").split(os.pathsep) if p]
-    return [BUNDLED_MODELS_DIR, *extra, Path("~/.dssm/models").expanduser()]
+    return [BUNDLED_MODELS_DIR, *extra, Path("~/.dssm/models").expanduser(), BASELINE_MODELS_DIR]
 
 
 @dataclass

@@ -49,6 +49,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=4, help="default Markov steps written into the bundle")
     p.add_argument("--name", default=None, help="bundle name (default: the recipe's)")
+    p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")
 
 
@@ -152,6 +153,7 @@ def cmd_train(args) -> int:
         widths=[int(w) for w in args.widths.split(",")] if args.widths else None,
         val_patients=args.val_patients.split(",") if args.val_patients else None, val_every=args.val_every,
         device=args.device, default_steps=args.steps, name=args.name,
+        init=Path(args.init) if args.init else None,
     )
     bundle = train(cfg)
     if bundle is not None:

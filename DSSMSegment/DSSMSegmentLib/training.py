@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"
     default_steps: int = 4
     name: Optional[str] = None
+    init: Optional[Path] = None  # warm start from a bundle's weights (fine-tuning)
     extra: dict = field(default_factory=dict)
 
 
@@ -209,6 +210,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         network = network.to(memory_format=torch.channels_last)
+    if cfg.init is not None:
+        from .bundle import ModelBundle
+
+        source = ModelBundle(Path(cfg.init)).load_network(device)
+        network.load_state_dict(source.state_dict())
+        network.train()
     step_module = TrainStep(network)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
@@ -347,6 +354,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, 
             "augment": recipe["augment"], "crop": recipe["crop"], "lr": cfg.lr,
             "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
             "torch": torch.__version__,
+            "warm_start_from": str(cfg.init) if cfg.init else None,
         },
         "metrics": {},
     }
