@@ -67,13 +67,15 @@ class ModelBundle:
             raise DSSMError(f"{self.path} is not a DSSM model bundle: {META_FILE} is missing")
         try:
             self.meta = json.loads(meta_path.read_text())
+            if not isinstance(self.meta, dict):
+                raise TypeError(f"expected a JSON object, found {type(self.meta).__name__}")
             self.name = str(self.meta.get("name", self.path.name))
             self.architecture = ArchitectureConfig.from_dict(self.meta["architecture"])
             self.preprocessing = Preprocessing.from_dict(self.meta["preprocessing"])
             self.labels = [LabelInfo.from_dict(d) for d in self.meta["labels"]]
             self.default_steps = int(self.meta.get("default_steps", 4))
             self.postprocessing = dict(self.meta.get("postprocessing", {}))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DSSMError(f"{meta_path} is corrupt or incomplete ({type(exc).__name__}: {exc}); "
                             "reinstall or retrain the model") from None
         if len(self.labels) != self.architecture.num_classes - 1:
@@ -97,7 +99,10 @@ class ModelBundle:
         if not weights.is_file():
             raise DSSMError(f"model '{self.name}': {weights} is missing; reinstall or retrain the model")
         expected = self.meta.get("sha256")
-        if expected and sha256_of(weights) != expected:
+        if not expected:
+            raise DSSMError(f"model '{self.name}': {META_FILE} records no sha256 for {weights.name}, so the weights "
+                            "cannot be checked; reinstall the model or re-save it with save_bundle")
+        if sha256_of(weights) != expected:
             raise DSSMError(f"model '{self.name}': {weights.name} does not match the sha256 in {META_FILE} "
                             "(corrupt or replaced file); reinstall the model")
         try:

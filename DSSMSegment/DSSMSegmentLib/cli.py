@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -108,6 +109,18 @@ def cmd_segment(args) -> int:
     if name is None:
         raise DSSMError("no model installed; pass --model PATH_TO_BUNDLE")
     inputs = expand_inputs(args.inputs)
+    # One output per input: two inputs with the same name (p1/T2 and p2/T2 DICOM folders, x.nrrd beside
+    # x.nii.gz) would silently overwrite each other's mask, so refuse before doing any work.
+    stems = {}
+    for path in inputs:
+        stem = output_name(path, False)[: -len(".nii.gz")]
+        if stem in stems:
+            raise DSSMError(f"{stems[stem]} and {path} would both be written as {stem}.* in {args.output}; "
+                            "segment them into different output folders or rename one")
+        stems[stem] = path
+    # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    inputs = inputs[rank::world]
     t_load = time.perf_counter()
     segmenter = Segmenter(resolve_model(name), device=args.device, batch_size=args.batch_size)
     load_seconds = time.perf_counter() - t_load
@@ -138,8 +151,11 @@ def cmd_segment(args) -> int:
         print(f"{path} -> {target}  ({timings.total:.2f} s: "
               + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + ")")
     if args.timings:
-        Path(args.timings).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.timings).write_text(json.dumps(report, indent=2) + "\n")
+        target = Path(args.timings)
+        if world > 1:
+            target = target.with_name(f"{target.stem}.rank{rank}{target.suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -82,6 +82,7 @@ RECIPES = {
         "tile": [192, 192], "crop": [160, 160],
         "augment": dict(MRI_AUGMENT, rotation_deg=25.0, flip_y=False, scale=[0.7, 1.4], bias_field=0.4),
         "postprocessing": {"largest_component": [1, 2]},
+        "structures": {"whole gland": [1, 2]},
         "val_fraction": 0.25,
     },
 }

@@ -257,7 +257,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         bar = tqdm(total=1000, desc=f"train {cfg.recipe} ({cfg.kind})", unit="‰", initial=int(1000 * fraction_done()))
     network.train()
     stop_flag = torch.zeros(1, device=device)
-    while True:
+    # A resumed run whose budget is already spent trains no further (it used to take one extra step past the
+    # budget on every re-run); it just writes the bundle again from the checkpoint's EMA weights.
+    while fraction_done() < 1.0:
         t0 = time.perf_counter()
         idx = torch.from_numpy(np_rng.integers(0, len(images_t), cfg.batch_size))
         x = images_t[idx].to(device, non_blocking=True).float()
@@ -347,6 +349,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, 
         "preprocessing": prep.to_dict(),
         "default_steps": cfg.default_steps if cfg.kind == "dssm" else 0,
         "postprocessing": recipe.get("postprocessing", {}),
+        "structures": recipe.get("structures", {}),
         "training": {
             "recipe": cfg.recipe, "data": cfg.data or recipe["data"], "split_seed": cfg.seed,
             "split": split, "iterations": state["iteration"], "batch_size": cfg.batch_size * world,

@@ -1,0 +1,135 @@
+"""``dssm evaluate``: segment a dataset's cases exactly as ``dssm segment`` does and score them.
+
+Cases come from a dataset spec (as for ``dssm train``) and, by default, only those in the model's own
+validation split (``training.split.val`` in ``model.json``), so a model is never scored on what it trained
+on. Each case is read from its original file at native resolution, segmented by :class:`Segmenter`, and
+compared with its ground truth by :mod:`DSSMSegmentLib.metrics` (MedPy; HD95 in mm using the spacing).
+Writes ``metrics.csv`` (one row per case and structure) and ``metrics.json`` (per case and summary, also
+per source dataset), and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import SimpleITK as sitk
+
+from .bundle import META_FILE, resolve_model
+from .datasets import Case, case_key, find_cases, read_label_array
+from .errors import DSSMError
+from .imageio import read_image, write_image_atomically
+from .inference import Segmenter
+from .metrics import StructureMetrics, case_metrics, markdown_table, summarize
+
+
+def structures_of(bundle) -> Dict[str, List[int]]:
+    """Each label on its own, plus the unions the model card names (e.g. prostate whole gland)."""
+    structures = {lab.name: [lab.value] for lab in bundle.labels}
+    structures.update({k: list(v) for k, v in bundle.meta.get("structures", {}).items()})
+    return structures
+
+
+def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
+    if split == "all":
+        return cases
+    keys = set(bundle.meta.get("training", {}).get("split", {}).get(split, []))
+    if not keys:
+        raise DSSMError(f"model '{bundle.name}' records no '{split}' split in {META_FILE}; use --split all")
+    chosen = [c for c in cases if case_key(c) in keys]
+    if not chosen:
+        raise DSSMError(f"none of the model's '{split}' cases are in this dataset")
+    return chosen
+
+
+def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
+             batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    bundle = resolve_model(bundle_name)
+    cases = select_cases(find_cases(data), bundle, split)
+    if limit:
+        cases = cases[:limit]
+    segmenter = Segmenter(bundle, device=device, batch_size=batch_size)
+    k = bundle.default_steps if steps is None else int(steps)
+    structures = structures_of(bundle)
+    per_case: Dict[str, Dict[str, StructureMetrics]] = {}
+    by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
+    seconds: Dict[str, float] = {}
+    for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}", unit="case", disable=not progress):
+        image = read_image(case.image)
+        t0 = time.perf_counter()
+        labels = segmenter.segment(image, steps=k, name=str(case.image))
+        seconds[case.case_id] = time.perf_counter() - t0
+        pred = sitk.GetArrayFromImage(labels)
+        gt = read_label_array(case).reshape(pred.shape)
+        spacing = tuple(reversed(image.GetSpacing()))
+        result = case_metrics(pred, gt, structures, spacing)
+        per_case[case.case_id] = result
+        by_dataset[case.dataset][case.case_id] = result
+        if output is not None:
+            suffix = ".png" if image.GetDimension() == 2 else ".nii.gz"
+            write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
+    report = {
+        "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
+        "device": str(segmenter.device), "n_cases": len(per_case),
+        "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
+                             "median": float(np.median(list(seconds.values())))},
+        "summary": summarize(per_case),
+        "by_dataset": {name: summarize(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
+        "per_case": {cid: {s: vars(m) for s, m in res.items()} for cid, res in per_case.items()},
+    }
+    if output is not None:
+        _write_outputs(Path(output), report, seconds)
+    return report
+
+
+def _write_outputs(out: Path, report: dict, seconds: Dict[str, float]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "structure", "dice", "hd95_mm", "iou", "precision", "recall", "seconds"])
+        for cid, res in report["per_case"].items():
+            for s, m in res.items():
+                w.writerow([cid, s, m["dice"], m["hd95_mm"], m["iou"], m["precision"], m["recall"],
+                            round(seconds[cid], 4)])
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+def record_in_bundle(bundle_name: str, report: dict) -> None:
+    """Store the summary in the bundle's ``model.json`` under ``metrics`` (the weights are untouched)."""
+    bundle = resolve_model(bundle_name)
+    meta_path = bundle.path / META_FILE
+    meta = json.loads(meta_path.read_text())
+    metrics = meta.setdefault("metrics", {})
+    key = f"{report['split']}@K={report['steps']}"
+    metrics.setdefault("evaluations", {})[key] = {
+        "data": report["data"], "n_cases": report["n_cases"], "device": report["device"],
+        "seconds_per_case": report["seconds_per_case"], "summary": report["summary"],
+        "by_dataset": report["by_dataset"],
+        "command": f"dssm evaluate {report['data']} --model {bundle.name} --split {report['split']} --steps {report['steps']}",
+    }
+    if report["steps"] == bundle.default_steps and report["split"] == "val":
+        metrics["dice"] = {s: round(v["dice"]["mean"], 4) for s, v in report["summary"].items()}
+        metrics["hd95_mm"] = {s: round(v["hd95_mm"]["mean"], 2) for s, v in report["summary"].items()}
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def evaluate_command(args) -> int:
+    report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
+                      Path(args.output) if args.output else None, args.limit)
+    print(f"\n{report['model']} ({report['kind']}), K={report['steps']}, {report['n_cases']} {report['split']} "
+          f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
+    print(markdown_table(report["summary"]))
+    for name, summary in report["by_dataset"].items():
+        print(f"\n{name}:\n")
+        print(markdown_table(summary))
+    if args.update_bundle:
+        record_in_bundle(args.model, report)
+        print(f"\nrecorded in {resolve_model(args.model).path / META_FILE}")
+    return 0

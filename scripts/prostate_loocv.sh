@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Leave-one-case-out validation of the prostate recipe (only 4 real cases exist here).
+# Training each fold needs a GPU for the budget below (about 4 min per fold on an H100 with several runs
+# sharing it); pass RUNS=folder-with-trained-folds to only evaluate.
+#   train:    dssm train --recipe prostate-t2-mri [--baseline] --val-patients CASE --iterations 900 --out runs/loocv/CASE-KIND
+#   evaluate: this script
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DSSM=${DSSM:-.venv/bin/dssm}
+RUNS=${RUNS:-runs/loocv}
+for case in 001 002 020 021; do
+  for kind in dssm baseline; do
+    run="$RUNS/$case-$kind"
+    if [ ! -d "$run/bundle" ]; then
+      flag=""; [ $kind = baseline ] && flag="--baseline"
+      $DSSM train --recipe prostate-t2-mri $flag --val-patients "$case" --iterations 900 --out "$run"
+    fi
+    bundle=$(ls -d "$run"/bundle/*/)
+    $DSSM evaluate prostate158 --model "$bundle" -o "results/prostate-t2-mri/loocv/$case-$kind"
+    [ $kind = dssm ] && $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "results/prostate-t2-mri/loocv/$case-dssm-K0"
+  done
+done
