@@ -59,6 +59,7 @@ def _add_cache(sub) -> None:
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None, help="default: cache/RECIPE.npz")
+    p.add_argument("--encoding", default=None, help="raw, jpeg (quality 95) or jpeg:QUALITY (default: the recipe's)")
 
 
 def _add_evaluate(sub) -> None:
@@ -83,6 +84,11 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="fewer cases and repeats")
     p.add_argument("-o", "--output", default="benchmark.json")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per network batch, as for segment")
+    p.add_argument("--no-io", action="store_true", help="segment from in-memory images (read/write not timed)")
+    p.add_argument("--cases", default=None, help="run from arrays saved with --save-cases (no SimpleITK or data needed)")
+    p.add_argument("--save-cases", default=None, help="also save the benchmark cases as arrays (.npz)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +197,7 @@ def cmd_cache(args) -> int:
     recipe = get_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("cache") / f"{args.recipe}.npz"
     build_cache(args.data or recipe["data"], Preprocessing.from_dict(recipe["preprocessing"]),
-                int(recipe.get("in_channels", 1)), recipe["tile"], out, recipe.get("encoding", "jpeg"))
+                int(recipe.get("in_channels", 1)), recipe["tile"], out, args.encoding or recipe.get("encoding", "jpeg"))
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
     return 0
 

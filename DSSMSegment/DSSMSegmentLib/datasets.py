@@ -221,12 +221,13 @@ def _encode(q: np.ndarray, encoding: str):
     """One quantised slice (C, H, W) uint8 -> stored form."""
     if encoding == "raw":
         return q
-    if encoding == "jpeg":
+    if encoding.startswith("jpeg"):  # "jpeg" (quality 95) or "jpeg:QUALITY"
         from PIL import Image
 
+        quality = int(encoding.partition(":")[2] or 95)
         buf = io.BytesIO()
         img = Image.fromarray(np.moveaxis(q, 0, -1) if q.shape[0] == 3 else q[0])
-        img.save(buf, format="JPEG", quality=95)
+        img.save(buf, format="JPEG", quality=quality)
         return np.frombuffer(buf.getvalue(), dtype=np.uint8)
     raise ValueError(f"unknown cache encoding {encoding!r}")
 

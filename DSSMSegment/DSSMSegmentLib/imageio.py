@@ -6,10 +6,15 @@ gets one clear :class:`~DSSMSegmentLib.errors.DSSMError` instead of a traceback 
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -63,24 +68,141 @@ def expand_inputs(inputs: Iterable[str]) -> List[Path]:
     return found
 
 
-def read_image(path: Path) -> sitk.Image:
-    """Read a file or a DICOM series folder; raise a DSSMError if it is not an image."""
-    path = Path(path)
+@contextmanager
+def _quiet_native_stderr():
+    """Silence what C/C++ libraries print straight to file descriptor 2 while the block runs.
+
+    ITK's own warnings are switched off above, but the NIfTI C library prints ``** ERROR: ...`` lines for
+    malformed headers (e.g. a zero dimension) with plain ``fprintf(stderr)``, outside ITK's control. The
+    user gets our one-line DSSMError instead. Python's own ``sys.stderr`` is flushed first and is unaffected.
+    """
     try:
-        if path.is_dir():
-            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-            if not ids:
-                raise DSSMError(f"{path} is a folder without a DICOM series")
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
-            return reader.Execute()
-        return sitk.ReadImage(str(path))
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (e.g. a GUI process): nothing to silence
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _sitk_reason(exc: Exception) -> str:
+    """The informative part of a SimpleITK exception (not the 'Exception thrown in ... .cxx:99:' line)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Exception thrown in")]
+    lines = [re.sub(r"^(sitk::ERROR|itk::ERROR|ITK ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", ln) for ln in lines]
+    if not lines:
+        return ""
+    reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return reason[:200]
+
+
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32 and FLOAT64
+
+
+def _nifti_header(path: Path) -> Optional[dict]:
+    """The few NIfTI-1/-2 header fields we check ourselves, or None if ``path`` is not a readable NIfTI file."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")) or not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as raw:
+            magic = raw.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        return None
+    return {"endian": endian, "size": list(dims[1:ndim + 1]), "datatype": datatype, "bitpix": bitpix,
+            "offset": offset, "gzip": opener is gzip.open}
+
+
+def _nifti_check_data(path: Path, header: dict) -> None:
+    """Check a NIfTI file's voxel data ourselves, because the NIfTI reader hides two problems: a truncated
+    file is read without an error (the missing part comes back as 0), and NaN/inf voxels of float images are
+    silently replaced by 0. Either would give a confident mask of a corrupted image."""
+    code = _NIFTI_FLOAT_TYPES.get(header["datatype"])
+    dtype = np.dtype(header["endian"] + code) if code else None
+    expected = int(np.prod(header["size"], dtype=np.int64)) * max(1, header["bitpix"] // 8)
+    if not header["gzip"] and dtype is None:  # size check only; no need to read the data
+        got = max(0, path.stat().st_size - header["offset"])
+    else:
+        got, bad, carry = 0, 0, b""
+        try:
+            with (gzip.open if header["gzip"] else open)(path, "rb") as f:
+                f.seek(header["offset"])
+                while got < expected:
+                    block = f.read(min(1 << 24, expected - got))
+                    if not block:
+                        break
+                    got += len(block)
+                    if dtype is not None:
+                        block = carry + block
+                        usable = len(block) - len(block) % dtype.itemsize
+                        bad += int((~np.isfinite(np.frombuffer(block[:usable], dtype=dtype))).sum())
+                        carry = block[usable:]
+        except (OSError, EOFError, ValueError):  # a cut-off or damaged gzip stream
+            pass
+        if got >= expected and bad:
+            raise DSSMError(f"{path} contains {bad} NaN or infinite voxel(s); fix or mask them before segmenting.")
+    if got < expected:
+        raise DSSMError(f"{path} is truncated or corrupt: it holds less voxel data than the {expected} bytes its "
+                        "header announces; copy or export the file again.")
+
+
+def read_image(path: Path) -> sitk.Image:
+    """Read a file or a DICOM series folder; raise a DSSMError if it is not an image.
+
+    Library chatter on stderr is silenced. NIfTI files get checks of our own (see :func:`_nifti_check_data`),
+    because the NIfTI reader hides a zero-sized dimension (it prints a C-level error and reports an
+    unrecognised file), truncated data and NaN/inf voxels (it silently reads both as 0).
+    """
+    path = Path(path)
+    header = _nifti_header(path)
+    if header is not None and any(n <= 0 for n in header["size"]):
+        raise DSSMError(f"{path} is empty (size {'x'.join(map(str, header['size']))}); there is nothing to segment.")
+    try:
+        with _quiet_native_stderr():
+            if path.is_dir():
+                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+                if not ids:
+                    raise DSSMError(f"{path} is a folder without a DICOM series")
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+                image = reader.Execute()
+            else:
+                image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DSSMError(
             f"cannot read {path}: not an image that SimpleITK can read (NIfTI, NRRD, MHA, DICOM series, "
-            f"PNG/JPG/BMP). {first[:160]}"
+            f"PNG/JPG/BMP): {_sitk_reason(exc)}"
         ) from None
+    if header is not None:
+        _nifti_check_data(path, header)
+    return image
 
 
 def image_channels(image: sitk.Image) -> int:
@@ -150,14 +272,18 @@ def label_image_like(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
 def write_image_atomically(image: sitk.Image, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a failure never leaves a partial file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+        os.close(fd)
         sitk.WriteImage(image, tmp, True)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, (OSError, RuntimeError)):  # disk full, no permission, a folder in the way, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _sitk_reason(exc)
+            raise DSSMError(f"cannot write {path}: {reason}; nothing was written there") from None
         raise

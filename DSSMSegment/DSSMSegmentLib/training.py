@@ -160,8 +160,11 @@ def _setup_distributed(device_request: str):
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and device_request != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
-    if device_request == "cpu" or not torch.cuda.is_available():
-        if device_request in ("cuda", "gpu"):
+    request = (device_request or "auto").lower()
+    if request not in ("auto", "cpu", "gpu") and not request.startswith("cuda"):
+        raise DSSMError(f"unknown device '{device_request}' (expected auto, cpu or cuda)")
+    if request == "cpu" or not torch.cuda.is_available():
+        if request not in ("auto", "cpu"):  # cuda, cuda:N or gpu: never fall back to the CPU silently
             raise DSSMError("--device cuda was requested but no CUDA GPU is available")
         device = torch.device("cpu")
     else:
@@ -241,9 +244,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
                                    + [f"val_dice_{n}" for n in label_names])
 
     def fraction_done() -> float:
-        if cfg.iterations > 0:
-            return state["iteration"] / cfg.iterations
-        return state["train_seconds"] / (60 * cfg.minutes)
+        """Progress through the budget; with both budgets given, whichever runs out first."""
+        by_iterations = state["iteration"] / cfg.iterations if cfg.iterations > 0 else 0.0
+        by_time = state["train_seconds"] / (60 * cfg.minutes) if cfg.minutes > 0 else 0.0
+        return max(by_iterations, by_time)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     images_t = torch.from_numpy(train_data.images)  # float16, stays on the host; batches are copied over

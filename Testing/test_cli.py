@@ -1,0 +1,155 @@
+"""The ``dssm`` command line: batch segmentation of a folder, overlays, timings, and ``dssm models``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from conftest import (ACDC, BUNDLED, LV, MODELS, _need, assert_one_error_line, crop_slices, describe, dice,
+                      files_under, run_dssm, same_grid)
+from DSSMSegmentLib import cli
+from DSSMSegmentLib.bundle import ModelBundle
+from DSSMSegmentLib.imageio import read_image
+
+PATIENTS = ["patient011", "patient015", "patient017"]  # all in heart-cine-mri's validation split
+
+
+@pytest.fixture(scope="module")
+def acdc_folder(tmp_path_factory):
+    """A folder of three real ACDC ED volumes, each cropped to 2 mid-ventricular slices, plus a stray text file."""
+    folder = tmp_path_factory.mktemp("acdc-folder")
+    truth = {}
+    for patient in PATIENTS:
+        _need(ACDC / patient)
+        image = read_image(ACDC / patient / f"{patient}_frame01.nii.gz")
+        gt = read_image(ACDC / patient / f"{patient}_frame01_gt.nii.gz")
+        mid = image.GetSize()[2] // 2
+        sitk.WriteImage(crop_slices(image, mid - 1, mid + 1), str(folder / f"{patient}.nii.gz"))
+        truth[patient] = sitk.GetArrayFromImage(gt)[mid - 1:mid + 1]
+    (folder / "README.txt").write_text("not an image; dssm must skip it\n")
+    return folder, truth
+
+
+@pytest.fixture(scope="module")
+def folder_run(acdc_folder, tmp_path_factory):
+    """``dssm segment --overlay --timings`` on the folder, counting how often a model is loaded."""
+    folder, _ = acdc_folder
+    out = tmp_path_factory.mktemp("acdc-out")
+    timings = out / "timings.json"
+    loads = []
+    original = ModelBundle.load_network
+
+    def counting(self, device):
+        loads.append(self.name)
+        return original(self, device)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ModelBundle, "load_network", counting)
+    try:
+        code = cli.main(["segment", "--model", "heart-cine-mri", "--steps", "1", "--overlay", "--timings",
+                         str(timings), "-o", str(out / "masks"), str(folder)])
+    finally:
+        mp.undo()
+    assert code == 0
+    return out, timings, loads
+
+
+def test_folder_loads_the_model_once_and_writes_one_mask_per_input(acdc_folder, folder_run) -> None:
+    folder, truth = acdc_folder
+    out, _, loads = folder_run
+    assert loads == ["heart-cine-mri"], f"model loaded {len(loads)} times for {len(PATIENTS)} inputs"
+    masks = sorted(p.name for p in (out / "masks").glob("*.nii.gz"))
+    assert masks == [f"{p}.nii.gz" for p in PATIENTS]
+    for patient in PATIENTS:
+        image = sitk.ReadImage(str(folder / f"{patient}.nii.gz"))
+        mask = sitk.ReadImage(str(out / "masks" / f"{patient}.nii.gz"))
+        assert same_grid(mask, image)
+        # each output is that input's segmentation, not another's
+        assert dice(sitk.GetArrayFromImage(mask), truth[patient], LV) > 0.85, patient
+    assert not [p for p in files_under(out / "masks") if p.name.startswith(".partial-")]
+
+
+def test_overlay_png_shows_the_mask_in_label_colours(acdc_folder, folder_run, heart_bundle) -> None:
+    out, _, _ = folder_run
+    colours = {lab.value: tuple(lab.color) for lab in heart_bundle.labels}
+    for patient in PATIENTS:
+        png = out / "masks" / f"{patient}_overlay.png"
+        assert png.is_file(), png
+        picture = Image.open(png)
+        assert picture.format == "PNG" and picture.mode == "RGB"
+        pixels = np.asarray(picture).reshape(-1, 3)
+        present = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "masks" / f"{patient}.nii.gz")))))
+        assert present >= {1, 2, 3}
+        for value in present - {0}:  # every structure is outlined in its own colour
+            assert (pixels == colours[value]).all(1).any(), (patient, value)
+        assert len(np.unique(pixels, axis=0)) > 50  # the image itself is there, not just flat colours
+
+
+def test_timings_json_has_per_case_stages(folder_run) -> None:
+    out, timings, _ = folder_run
+    report = json.loads(timings.read_text())
+    assert report["model"] == "heart-cine-mri" and report["device"] == "cpu"
+    assert report["model_load_seconds"] > 0
+    assert [c["input"].rsplit("/", 1)[-1] for c in report["cases"]] == [f"{p}.nii.gz" for p in PATIENTS]
+    for case in report["cases"]:
+        stages = case["stages"]
+        assert {"read", "preprocess", "network", "resample out", "postprocess", "write", "overlay"} <= set(stages)
+        assert all(v >= 0 for v in stages.values())
+        assert stages["network"] > 0
+        assert case["seconds"] == pytest.approx(sum(stages.values()), abs=0.01)
+        assert case["output"].endswith(".nii.gz")
+
+
+def test_two_inputs_with_the_same_name_are_refused(acdc_folder, tmp_path, capfd) -> None:
+    """p1/x.nii.gz and p2/x.nii.gz would overwrite each other's mask: an error before any work."""
+    folder, _ = acdc_folder
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(folder / "patient011.nii.gz", tmp_path / sub / "scan.nii.gz")
+    out = tmp_path / "out"
+    code = cli.main(["segment", "--model", "heart-cine-mri", "-o", str(out), str(tmp_path / "a"), str(tmp_path / "b")])
+    line = assert_one_error_line(code, capfd.readouterr().err)
+    assert "scan" in line and "both" in line, line
+    assert files_under(out) == []
+
+
+def test_negative_steps_is_an_error(acdc_folder, tmp_path, capfd) -> None:
+    folder, _ = acdc_folder
+    out = tmp_path / "out"
+    code = cli.main(["segment", "--model", "heart-cine-mri", "--steps", "-1", "-o", str(out),
+                     str(folder / "patient011.nii.gz")])
+    line = assert_one_error_line(code, capfd.readouterr().err)
+    assert "--steps" in line
+    assert files_under(out) == []
+
+
+def test_dssm_models_lists_the_bundled_models_with_labels(tmp_path) -> None:
+    proc = run_dssm(["models"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    text = proc.stdout
+    for name in BUNDLED:
+        meta = json.loads((MODELS / name / "model.json").read_text())
+        header = [ln for ln in text.splitlines() if ln.startswith(name + "  [")]
+        assert len(header) == 1, f"{name} not listed once:\n{text}"
+        assert meta["preprocessing"]["modality"] in header[0]
+        labels_line = text.splitlines()[text.splitlines().index(header[0]) + 1]
+        expected = ", ".join(f"{lab['value']} {lab['name']}" for lab in meta["labels"])
+        assert labels_line.strip() == f"labels: {expected}", labels_line
+    assert "1 right ventricle cavity, 2 left ventricle myocardium, 3 left ventricle cavity" in text
+
+
+def test_dssm_models_json(capfd) -> None:
+    assert cli.main(["models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capfd.readouterr().out)}
+    assert set(BUNDLED) <= set(listed)
+    for name in BUNDLED:
+        meta = json.loads((MODELS / name / "model.json").read_text())
+        labels = {int(k): v for k, v in listed[name]["labels"].items()}  # JSON keys are strings
+        assert labels == {lab["value"]: lab["name"] for lab in meta["labels"]}
+        assert listed[name]["kind"] == "dssm"
+    assert listed["skin-lesion-dermoscopy"]["modality"] == "dermoscopy"

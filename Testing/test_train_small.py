@@ -1,0 +1,166 @@
+"""A tiny real training run: ``dssm train`` on the shared Prostate158 data -> cache, log, curves, bundle ->
+``dssm segment`` with that bundle; resuming from the checkpoint; and the discriminative baseline."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm, same_grid
+from DSSMSegmentLib import cli
+from DSSMSegmentLib.bundle import ModelBundle
+from DSSMSegmentLib.datasets import load_cache
+from DSSMSegmentLib.imageio import read_image
+from DSSMSegmentLib.inference import Segmenter
+from DSSMSegmentLib.recipes import get_recipe
+
+TINY = ["--recipe", "prostate-t2-mri", "--widths", "8,16,32,64", "--batch-size", "2", "--device", "cpu"]
+LABEL_NAMES = ["transition zone", "peripheral zone"]
+
+
+def read_log(run):
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def dssm_run(tmp_path_factory):
+    """4 iterations of DSSM, validating at iterations 2 and 4; the cache is built by the command itself."""
+    _need(PROSTATE)
+    work = tmp_path_factory.mktemp("train")
+    proc = run_dssm(["train", *TINY, "--iterations", "4", "--val-every", "0.5", "--out", "run",
+                     "--cache", "run/cache.npz"], cwd=work)
+    assert proc.returncode == 0, describe(proc)
+    assert "model bundle written" in proc.stdout, describe(proc)
+    return work / "run"
+
+
+def test_cache_is_built_from_the_shared_prostate_data(dssm_run) -> None:
+    cache = dssm_run / "cache.npz"
+    assert cache.is_file() and cache.stat().st_size < 64 * 2**20
+    data = load_cache(cache)
+    cases = sorted(p.name for p in PROSTATE.iterdir() if (p / "t2_anatomy_reader1.nii.gz").is_file())
+    assert sorted(set(data.patients.tolist())) == [f"prostate158:{c}" for c in cases]
+    n_slices = sum(sitk.ReadImage(str(PROSTATE / c / "t2.nii.gz")).GetSize()[2] for c in cases)
+    assert len(data.images) == len(data.labels) == n_slices  # one cached slice per axial slice (3 mm axis)
+    assert data.images.shape[1:] == (1, 192, 192) and data.labels.shape[1:] == (192, 192)
+    assert set(np.unique(data.labels).tolist()) == {0, 1, 2}
+    images = data.images.astype(np.float32)
+    assert np.isfinite(images).all() and float(images.std()) > 0.5  # z-scored
+
+
+def test_log_csv_and_curves_png(dssm_run) -> None:
+    rows = read_log(dssm_run)
+    assert [int(r["iteration"]) for r in rows] == [2, 4]
+    for r in rows:
+        assert math.isfinite(float(r["loss"])) and float(r["loss"]) > 0
+        for name in LABEL_NAMES:
+            assert 0.0 <= float(r[f"val_dice_{name}"]) <= 1.0
+        assert float(r["val_mean_dice"]) == pytest.approx(np.mean([float(r[f"val_dice_{n}"]) for n in LABEL_NAMES]),
+                                                         abs=1e-3)
+    with Image.open(dssm_run / "curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300 and png.size[1] > 200
+    assert (dssm_run / "checkpoint.pt").is_file()
+
+
+def test_bundle_has_fp16_weights_and_a_complete_model_json(dssm_run) -> None:
+    folder = dssm_run / "bundle" / "prostate-t2-mri"
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes <= {"F16", "I64"} and "F16" in dtypes
+    assert meta["architecture"]["kind"] == "dssm" and meta["architecture"]["widths"] == [8, 16, 32, 64]
+    assert meta["architecture"]["num_classes"] == 3 and meta["default_steps"] == 4
+    assert meta["labels"] == get_recipe("prostate-t2-mri")["labels"]
+    training = meta["training"]
+    assert training["iterations"] == 4 and training["batch_size"] == 2 and training["processes"] == 1
+    split = training["split"]
+    assert split["val"] and not set(split["val"]) & set(split["train"])
+    assert len(split["train"]) + len(split["val"]) == 4  # split by patient
+    assert meta["preprocessing"]["spacing_mm"] == [0.6, 0.6]
+
+
+def test_segment_with_the_trained_bundle(dssm_run, tmp_path) -> None:
+    """The fresh bundle loads in a new process and gives a label image on the (oblique) input grid."""
+    bundle = dssm_run / "bundle" / "prostate-t2-mri"
+    meta = json.loads((bundle / "model.json").read_text())
+    # case 001 has a real oblique direction (tilted axial T2); 8 slices around the gland to save CPU time
+    case = "001"
+    source = tmp_path / f"prostate{case}.nii.gz"
+    sitk.WriteImage(crop_slices(read_image(PROSTATE / case / "t2.nii.gz"), 8, 16), str(source))
+    proc = run_dssm(["segment", "--model", bundle, "-o", tmp_path / "out", source], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    image, mask = sitk.ReadImage(str(source)), sitk.ReadImage(str(tmp_path / "out" / source.name))
+    assert not np.allclose(np.reshape(image.GetDirection(), (3, 3)), np.eye(3), atol=0.05)  # oblique
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert same_grid(mask, image)
+    values = set(np.unique(sitk.GetArrayFromImage(mask)).tolist())
+    assert values <= {0} | {lab["value"] for lab in meta["labels"]}, values
+
+
+def test_resume_continues_from_the_checkpoint(dssm_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(dssm_run, run, ignore=shutil.ignore_patterns("bundle"))
+    before = read_log(run)
+    proc = run_dssm(["train", *TINY, "--iterations", "6", "--val-every", "0.5", "--out", run,
+                     "--cache", run / "cache.npz"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert "resuming" in proc.stdout and "at iteration 4" in proc.stdout, describe(proc)
+    rows = read_log(run)
+    assert rows[: len(before)] == before, "the earlier log must be kept"
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6], "the iteration count must continue from 4"
+    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    assert meta["training"]["iterations"] == 6
+    # the weights went on training from the checkpoint (not from scratch, not unchanged)
+    first = ModelBundle(dssm_run / "bundle" / "prostate-t2-mri").load_network(torch.device("cpu")).state_dict()
+    resumed = ModelBundle(run / "bundle" / "prostate-t2-mri").load_network(torch.device("cpu")).state_dict()
+    assert any(not torch.equal(first[k], resumed[k]) for k in first if first[k].is_floating_point())
+
+    # Running the finished command again trains nothing more: the budget is spent.
+    again = run_dssm(["train", *TINY, "--iterations", "6", "--val-every", "0.5", "--out", run,
+                      "--cache", run / "cache.npz"], cwd=tmp_path)
+    assert again.returncode == 0, describe(again)
+    assert [int(r["iteration"]) for r in read_log(run)] == [2, 4, 6]
+    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    assert meta["training"]["iterations"] == 6
+
+
+def test_discriminative_baseline_tiny_run(dssm_run, tmp_path) -> None:
+    proc = run_dssm(["train", *TINY, "--baseline", "--iterations", "2", "--val-every", "1", "--out", "base",
+                     "--cache", dssm_run / "cache.npz"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    folder = tmp_path / "base" / "bundle" / "prostate-t2-mri-baseline"
+    bundle = ModelBundle(folder)
+    assert bundle.architecture.kind == "baseline" and bundle.default_steps == 0
+    assert bundle.meta["training"]["iterations"] == 2
+    assert bundle.meta["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    network = bundle.load_network(torch.device("cpu"))
+    keys = network.state_dict().keys()
+    assert any(k.startswith("semantic.") for k in keys)
+    assert not any(k.startswith(("denoiser.", "autoencoder.", "bayes.", "ffm.")) for k in keys), "no generative part"
+    case = bundle.meta["training"]["split"]["val"][0].split(":")[1]
+    image = crop_slices(read_image(PROSTATE / case / "t2.nii.gz"), 8, 11)
+    labels = Segmenter(bundle, device="cpu").segment(image)
+    assert same_grid(labels, image)
+    assert set(np.unique(sitk.GetArrayFromImage(labels)).tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "tpu"])
+def test_train_on_an_unavailable_device_is_an_error(device, tmp_path, capfd) -> None:
+    code = cli.main(["train", "--recipe", "prostate-t2-mri", "--iterations", "1", "--device", device,
+                     "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache.npz")])
+    line = assert_one_error_line(code, capfd.readouterr().err)
+    assert ("no CUDA GPU" in line) if device.startswith("cuda") else ("unknown device" in line), line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache.npz").exists()
