@@ -46,8 +46,11 @@ class MarkovSampler:
             raise ValueError("MarkovSampler needs at least one step")
         self.schedule = schedule
         t_start = max(1, min(schedule.timesteps, round(start * schedule.timesteps)))
-        # K timesteps evenly spaced from t_start down to (but excluding) 0, then 0 as the final target.
-        grid = torch.linspace(t_start, 0, steps + 1).round().long()
+        # K timesteps evenly spaced from t_start down to (but excluding) 0, then 0 as the final target. There
+        # are only t_start distinct integer timesteps above 0, so a larger K is capped there (a repeated
+        # timestep, or t = 0 before the end, would make the DDIM step divide by zero).
+        steps = min(steps, t_start)
+        grid = torch.unique_consecutive(torch.linspace(t_start, 0, steps + 1).round().long())
         self.timesteps = grid[:-1].tolist()
         self.next_timesteps = grid[1:].tolist()
         self.fuse_last = max(1, min(fuse_last, steps))
