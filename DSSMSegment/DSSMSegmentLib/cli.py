@@ -88,7 +88,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per network batch, as for segment")
     p.add_argument("--no-io", action="store_true", help="segment from in-memory images (read/write not timed)")
     p.add_argument("--cases", default=None, help="run from arrays saved with --save-cases (no SimpleITK or data needed)")
-    p.add_argument("--save-cases", default=None, help="also save the benchmark cases as arrays (.npz)")
+    p.add_argument("--save-cases", default=None, help="write the benchmark cases as arrays (.npz) and stop")
 
 
 def build_parser() -> argparse.ArgumentParser:
