@@ -146,17 +146,8 @@ class BayesianHead(nn.Module):
 
     def log_likelihood(self, f: torch.Tensor) -> torch.Tensor:
         """``log p(f|c)`` for each class: (B, D, H, W) -> (B, C, H, W)."""
-        inv_var = torch.exp(-self.log_var).float()  # (C, M, D)
-        mu = self.means.float()
-        w_sq = (-0.5 * inv_var).reshape(-1, self.dim)
-        w_lin = (mu * inv_var).reshape(-1, self.dim)
-        bias = (
-            -0.5 * (mu * mu * inv_var).sum(-1)
-            - 0.5 * self.log_var.float().sum(-1)
-            - 0.5 * self.dim * math.log(2 * math.pi)
-            + torch.log_softmax(self.mix_logits.float(), dim=-1)
-        ).reshape(-1)
-        weight = torch.cat([w_sq, w_lin], dim=1)[:, :, None, None].to(f.dtype)
+        weight, bias = self._quadratic_form()
+        weight = weight.t()[:, :, None, None].to(f.dtype)
         comp = F.conv2d(torch.cat([f * f, f], dim=1), weight, bias.to(f.dtype))  # (B, C*M, H, W)
         b, _, h, w = comp.shape
         return torch.logsumexp(comp.float().view(b, self.num_classes, self.components, h, w), dim=2)
