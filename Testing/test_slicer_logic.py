@@ -223,6 +223,19 @@ def test_running_again_replaces_dssm_segments_without_duplicates(obliqueCase, fi
     assert logic.editedSegmentNames(segmentation, MODEL) == []
 
 
+def test_test_time_flips_reach_the_engine(obliqueCase, logic):
+    """The panel's "Test-time flips" box gives exactly ``dssm segment --tta``, which differs from plain K = 0."""
+    scene, volume, path, tmp = obliqueCase
+    segmentation = logic.segment(SegmentationRequest(volume, MODEL, steps=0, device="cpu", testTimeFlips=True),
+                                 timeout=300)
+    try:
+        exported = asModelLabels(voxels(exportLabelmap(scene, segmentation, volume)), segmentation, MODEL)
+        assert np.array_equal(exported, cliLabels(path, tmp, "--steps", "0", "--tta"))
+        assert not np.array_equal(exported, cliLabels(path, tmp, "--steps", "0"))
+    finally:
+        scene.RemoveNode(segmentation)
+
+
 def test_edited_segment_is_reported_and_kept_unless_overwriting_is_asked(obliqueCase, firstRun, logic):
     scene, volume, _, _ = obliqueCase
     segmentation, _ = firstRun

@@ -16,7 +16,9 @@ for case in 001 002 020 021; do
       $DSSM train --recipe prostate-t2-mri $flag --val-patients "$case" --iterations 900 --out "$run"
     fi
     bundle=$(ls -d "$run"/bundle/*/)
-    $DSSM evaluate prostate158 --model "$bundle" -o "results/prostate-t2-mri/loocv/$case-$kind"
-    [ $kind = dssm ] && $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "results/prostate-t2-mri/loocv/$case-dssm-K0"
+    out="results/prostate-t2-mri/loocv/$case"
+    $DSSM evaluate prostate158 --model "$bundle" -o "$out-$kind"
+    $DSSM evaluate prostate158 --model "$bundle" --tta -o "$out-$kind-tta"
+    if [ $kind = dssm ]; then $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "$out-dssm-K0"; fi
   done
 done

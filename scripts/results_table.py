@@ -1,4 +1,5 @@
-"""Print the README's accuracy comparison (DSSM at default K and K = 0, baseline, paper) from results/.
+"""Print the README's accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
+flips (TTA), the discriminative baseline plain and with TTA, and the paper.
 
 The numbers are those written by ``scripts/evaluate_all.sh`` and ``scripts/prostate_loocv.sh``
 (``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/results_table.py
@@ -22,9 +23,15 @@ PAPER = {  # Liu et al. 2025, abstract (shared/docs/paper-abstract.md)
     ("skin-lesion-dermoscopy", "isic2018"): 0.8869,
     ("skin-lesion-dermoscopy", "ph2"): 0.9421,
 }
+# results/<model>/<row>/ for the validation-split models; results/prostate-t2-mri/loocv/<case>-<fold row>/
+ROWS = ("K4", "K0", "K4-tta", "baseline", "baseline-tta")
+FOLD_ROWS = {"K4": "dssm", "K0": "dssm-K0", "K4-tta": "dssm-tta", "baseline": "baseline",
+             "baseline-tta": "baseline-tta"}
+HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA", "baseline", "baseline + TTA",
+          "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
 
 
-def fmt(stat: dict, digits: int = 3) -> str:
+def fmt(stat, digits: int = 3) -> str:
     if stat is None or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
@@ -35,59 +42,61 @@ def load(path: Path):
 
 
 def rows_for(model: str):
-    k4, k0, base = (load(ROOT / model / sub / "metrics.json") for sub in ("K4", "K0", "baseline"))
+    reports = {row: load(ROOT / model / row / "metrics.json") for row in ROWS}
+    k4 = reports["K4"]
     if not k4:
         return []
-    rows = []
-    groups = [(None, k4["summary"])]
-    if k4.get("by_dataset"):
-        groups = [(name, s) for name, s in k4["by_dataset"].items()]
-    for dataset, summary in groups:
+    groups = [(name, None) for name in k4["by_dataset"]] if k4.get("by_dataset") else [(None, None)]
+    out = []
+    for dataset, _ in groups:
+        summary = k4["by_dataset"][dataset] if dataset else k4["summary"]
         for structure in summary:
-            def pick(report):
+            def pick(row, key="dice"):
+                report = reports[row]
                 if not report:
                     return None
                 s = report["by_dataset"][dataset] if dataset else report["summary"]
-                return s.get(structure)
+                return s.get(structure, {}).get(key)
             paper = PAPER.get((model, dataset or structure))
-            a, b, c = pick(k4), pick(k0), pick(base)
-            rows.append([model + (f" ({dataset})" if dataset else ""), structure, str(k4["n_cases"] if not dataset else a["dice"]["n"]),
-                         fmt(a["dice"]), fmt(b["dice"]) if b else "n/a", fmt(c["dice"]) if c else "n/a",
-                         f"{paper:.4f}" if paper else "",
-                         fmt(a["hd95_mm"], 2), fmt(c["hd95_mm"], 2) if c else "n/a"])
-    return rows
+            n = summary[structure]["dice"]["n"]
+            out.append([model + (f" ({dataset})" if dataset else ""), structure, str(n),
+                        *(fmt(pick(row)) for row in ROWS), f"{paper:.4f}" if paper else "",
+                        fmt(pick("K4-tta", "hd95_mm"), 2), fmt(pick("baseline-tta", "hd95_mm"), 2)])
+    return out
 
 
 def loocv_rows():
+    """Prostate: one fold per held-out case; mean ± sd over the 4 folds of each fold's Dice."""
     folder = ROOT / "prostate-t2-mri" / "loocv"
     if not folder.is_dir():
         return []
     per = {}
-    for kind in ("dssm", "dssm-K0", "baseline"):
+    for row, kind in FOLD_ROWS.items():
         vals = {}
         for case in ("001", "002", "020", "021"):
             rep = load(folder / f"{case}-{kind}" / "metrics.json")
             if rep:
                 for s, v in rep["summary"].items():
-                    vals.setdefault(s, []).append(v["dice"]["mean"])
-                    vals.setdefault(s + "/hd95", []).append(v["hd95_mm"]["mean"])
-        per[kind] = vals
-    rows = []
-    for s in [k for k in per.get("dssm", {}) if not k.endswith("/hd95")]:
-        def f(kind, key=s, d=3):
-            v = per.get(kind, {}).get(key)
-            return f"{np.mean(v):.{d}f} ± {np.std(v):.{d}f}" if v else "n/a"
-        rows.append(["prostate-t2-mri (LOOCV, 4 folds)", s, str(len(per["dssm"][s])), f("dssm"), f("dssm-K0"), f("baseline"),
-                     f"{PAPER[('prostate-t2-mri', 'whole gland')]:.4f}" if s == "whole gland" else "",
-                     f("dssm", s + "/hd95", 2), f("baseline", s + "/hd95", 2)])
-    return rows
+                    vals.setdefault((s, "dice"), []).append(v["dice"]["mean"])
+                    vals.setdefault((s, "hd95_mm"), []).append(v["hd95_mm"]["mean"])
+        per[row] = vals
+
+    def f(row, structure, key="dice", digits=3):
+        v = per.get(row, {}).get((structure, key))
+        return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if v else "n/a"
+
+    out = []
+    for structure in [s for s, key in per.get("K4", {}) if key == "dice"]:
+        out.append(["prostate-t2-mri (LOOCV, 4 folds)", structure, str(len(per["K4"][(structure, "dice")])),
+                    *(f(row, structure) for row in ROWS),
+                    f"{PAPER[('prostate-t2-mri', 'whole gland')]:.4f}" if structure == "whole gland" else "",
+                    f("K4-tta", structure, "hd95_mm", 2), f("baseline-tta", structure, "hd95_mm", 2)])
+    return out
 
 
 def main() -> None:
-    header = ["model", "structure", "cases", "DSSM Dice (K=4)", "DSSM Dice (K=0)", "baseline Dice", "paper Dice",
-              "DSSM HD95 mm", "baseline HD95 mm"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
     for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy"):
         for row in rows_for(model):
             print("| " + " | ".join(row) + " |")

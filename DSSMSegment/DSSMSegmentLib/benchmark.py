@@ -70,11 +70,13 @@ def naive_diffusion_logits(network, x, steps: int = NAIVE_STEPS, generator=None,
     """
     import torch
 
+    from .sampler import start_noise
+
     schedule = network.schedule
     features, quarter = network.semantic(x)
     b, h, w = x.shape[0], quarter.shape[-2], quarter.shape[-1]
     latent = network.cfg.latent_channels
-    z = torch.randn((b, latent, h, w), generator=generator, device=x.device, dtype=torch.float32)
+    z = start_noise((b, latent, h, w), x.device, generator)
     grid = torch.linspace(schedule.timesteps, 0, steps + 1).round().long().tolist()
     fast = hasattr(network, "_denoise_precomputed") and hasattr(network.ffm, "precompute")
     base = network.ffm.precompute(quarter) if fast else None
@@ -92,7 +94,7 @@ def naive_diffusion_logits(network, x, steps: int = NAIVE_STEPS, generator=None,
         mean = (math.sqrt(a_s) * beta / (1.0 - a_t)) * z0 + (math.sqrt(alpha) * (1.0 - a_s) / (1.0 - a_t)) * z
         if s > 0:
             var = beta * (1.0 - a_s) / (1.0 - a_t)
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
+            noise = start_noise(z.shape, z.device, generator)
             z = mean + math.sqrt(max(var, 0.0)) * noise
         else:
             z = mean
@@ -112,7 +114,13 @@ class NaiveDiffusion:
         self.network, self.steps, self.step_callback = network, steps, None
 
     def __call__(self, x, steps: int = 0, generator=None, step_callback=None):
-        return naive_diffusion_logits(self.network, x, self.steps, generator, step_callback or self.step_callback)
+        callbacks = [c for c in (self.step_callback, step_callback) if c is not None]
+
+        def each(i: int, n: int) -> None:
+            for callback in callbacks:
+                callback(i, n)
+
+        return naive_diffusion_logits(self.network, x, self.steps, generator, each if callbacks else None)
 
     def __getattr__(self, name):
         return getattr(self.network, name)

@@ -3,6 +3,7 @@
 ``model.json`` holds the architecture, the labels (value, name, colour, SNOMED CT terminology), the
 preprocessing, the default number of Markov steps, the training data and split, the measured metrics and
 the weights' sha256, which is checked on every load. Weights are never unpickled: safetensors only.
+Reading ``model.json`` needs no PyTorch (the Slicer panel lists models before PyTorch is installed).
 
 Bundled models live in ``DSSMSegment/Resources/Models/<name>/`` so that they install with the Slicer
 module; local ones in ``~/.dssm/models/<name>/`` or any folder listed in ``DSSM_MODELS_PATH``.
@@ -15,13 +16,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
-
-import torch
+from typing import TYPE_CHECKING, List, Optional
 
 from .errors import DSSMError
-from .networks import ArchitectureConfig, build_model
-from .preprocess import Preprocessing
+from .plan import ArchitectureConfig, Preprocessing
+
+if TYPE_CHECKING:  # PyTorch is imported only to load or save weights, so listing models works without it
+    import torch
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 # The discriminative baselines ship in the source repository (for reproducing the comparison), not with
@@ -87,13 +88,30 @@ class ModelBundle:
         return self.preprocessing.modality
 
     @property
+    def test_time_flips(self) -> List[tuple]:
+        """The flips (tensor dims of a slice batch) that test-time augmentation averages over: the identity,
+        and each flip the model was trained with (its recorded ``training.augment``), so never a flip the
+        anatomy does not allow (chest X-rays are flipped left-right only, prostate MRI never up-down)."""
+        augment = self.meta.get("training", {}).get("augment", {}) or {}
+        flips = [()]
+        if augment.get("flip_x"):
+            flips.append((-1,))
+        if augment.get("flip_y"):
+            flips.append((-2,))
+        if augment.get("flip_x") and augment.get("flip_y"):
+            flips.append((-2, -1))
+        return flips
+
+    @property
     def metrics(self) -> dict:
         return self.meta.get("metrics", {})
 
-    def load_network(self, device: torch.device) -> torch.nn.Module:
+    def load_network(self, device: "torch.device") -> "torch.nn.Module":
         """Build the network and load its weights after checking the file's sha256."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
+        from .networks import build_model
 
         weights = self.path / WEIGHTS_FILE
         if not weights.is_file():
@@ -134,7 +152,7 @@ class ModelBundle:
         }
 
 
-def save_bundle(network: torch.nn.Module, folder: Path, meta: dict) -> ModelBundle:
+def save_bundle(network: "torch.nn.Module", folder: Path, meta: dict) -> ModelBundle:
     """Write fp16 weights and ``model.json`` (with the weights' sha256); returns the reloaded bundle."""
     from safetensors.torch import save_file
 

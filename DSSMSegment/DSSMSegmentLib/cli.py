@@ -29,6 +29,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--overlay", action="store_true", help="also write X_overlay.png, the mask over the image")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--seed", type=int, default=0, help="seed of the Markov chain's noise")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: also segment the flips the model was trained with and average "
+                        "(2-4x slower)")
     p.add_argument("--timings", default=None, help="write per-case timings to this JSON file")
 
 
@@ -73,6 +76,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv, metrics.json and the masks")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many cases")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation, as for segment")
+    p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
 
 
@@ -128,11 +133,11 @@ def cmd_segment(args) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     inputs = inputs[rank::world]
     t_load = time.perf_counter()
-    segmenter = Segmenter(resolve_model(name), device=args.device, batch_size=args.batch_size)
+    segmenter = Segmenter(resolve_model(name), device=args.device, batch_size=args.batch_size, tta=args.tta)
     load_seconds = time.perf_counter() - t_load
     out_dir = Path(args.output)
     report = {"model": segmenter.bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
-              "cases": []}
+              "tta": segmenter.tta, "cases": []}
     for path in tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2):
         timings = Timings()
         t0 = time.perf_counter()

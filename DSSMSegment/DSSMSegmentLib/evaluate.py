@@ -48,23 +48,25 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
 
 
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
-             batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True) -> dict:
+             batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
+             tta: bool = False, postprocess: bool = True) -> dict:
     from tqdm import tqdm
 
     bundle = resolve_model(bundle_name)
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
-    segmenter = Segmenter(bundle, device=device, batch_size=batch_size)
+    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta)
     k = bundle.default_steps if steps is None else int(steps)
     structures = structures_of(bundle)
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
     seconds: Dict[str, float] = {}
-    for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}", unit="case", disable=not progress):
+    tag = f"K={k}" + (" tta" if tta else "") + ("" if postprocess else " no-postprocess")
+    for case in tqdm(cases, desc=f"evaluate {bundle.name} {tag}", unit="case", disable=not progress):
         image = read_image(case.image)
         t0 = time.perf_counter()
-        labels = segmenter.segment(image, steps=k, name=str(case.image))
+        labels = segmenter.segment(image, steps=k, name=str(case.image), postprocess=postprocess)
         seconds[case.case_id] = time.perf_counter() - t0
         pred = sitk.GetArrayFromImage(labels)
         gt = read_label_array(case).reshape(pred.shape)
@@ -77,7 +79,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
             write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
     report = {
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
-        "device": str(segmenter.device), "n_cases": len(per_case),
+        "tta": bool(tta), "postprocess": bool(postprocess), "device": str(segmenter.device), "n_cases": len(per_case),
         "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
                              "median": float(np.median(list(seconds.values())))},
         "summary": summarize(per_case),
@@ -107,14 +109,16 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     meta_path = bundle.path / META_FILE
     meta = json.loads(meta_path.read_text())
     metrics = meta.setdefault("metrics", {})
-    key = f"{report['split']}@K={report['steps']}"
+    options = (" --tta" if report.get("tta") else "") + ("" if report.get("postprocess", True) else " --no-postprocess")
+    key = f"{report['split']}@K={report['steps']}" + options.replace(" --", "+")
     metrics.setdefault("evaluations", {})[key] = {
         "data": report["data"], "n_cases": report["n_cases"], "device": report["device"],
         "seconds_per_case": report["seconds_per_case"], "summary": report["summary"],
         "by_dataset": report["by_dataset"],
-        "command": f"dssm evaluate {report['data']} --model {bundle.name} --split {report['split']} --steps {report['steps']}",
+        "command": f"dssm evaluate {report['data']} --model {bundle.name} --split {report['split']} "
+                   f"--steps {report['steps']}{options}",
     }
-    if report["steps"] == bundle.default_steps and report["split"] == "val":
+    if report["steps"] == bundle.default_steps and report["split"] == "val" and not options:
         metrics["dice"] = {s: round(v["dice"]["mean"], 4) for s, v in report["summary"].items()}
         metrics["hd95_mm"] = {s: round(v["hd95_mm"]["mean"], 2) for s, v in report["summary"].items()}
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -122,8 +126,10 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
 
 def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
-                      Path(args.output) if args.output else None, args.limit)
-    print(f"\n{report['model']} ({report['kind']}), K={report['steps']}, {report['n_cases']} {report['split']} "
+                      Path(args.output) if args.output else None, args.limit, tta=args.tta,
+                      postprocess=not args.no_postprocess)
+    print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}, "
+          f"{report['n_cases']} {report['split']} "
           f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
     print(markdown_table(report["summary"]))
     for name, summary in report["by_dataset"].items():

@@ -21,48 +21,15 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .sampler import CosineSchedule, MarkovSampler
-
-
-@dataclass
-class ArchitectureConfig:
-    """Hyperparameters stored in ``model.json`` under ``architecture``."""
-
-    kind: str = "dssm"  # "dssm" or "baseline"
-    in_channels: int = 1
-    num_classes: int = 2  # including background
-    widths: tuple = (16, 32, 64, 128, 256)
-    feature_channels: int = 32
-    latent_channels: int = 4
-    gmm_components: int = 3
-    denoiser_width: int = 32
-    timesteps: int = 1000
-    markov_start: float = 0.5  # noise level (fraction of T) at which the stable chain starts
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def size_multiple(self) -> int:
-        """Input height and width must be multiples of this."""
-        return 2 ** (len(self.widths) - 1)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ArchitectureConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        cfg = cls(**known)
-        cfg.widths = tuple(cfg.widths)
-        return cfg
+from .plan import ArchitectureConfig  # noqa: F401  (re-exported: the network's recorded plan)
+from .sampler import CosineSchedule, Generators, MarkovSampler
 
 
 def _autocast_off(device: torch.device):
@@ -322,7 +289,7 @@ class DiscriminativeBaseline(nn.Module):
         self.semantic = SemanticUNet(cfg.in_channels, cfg.widths, cfg.feature_channels)
         self.head = nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
 
-    def forward(self, x: torch.Tensor, steps: int = 0, generator: Optional[torch.Generator] = None,
+    def forward(self, x: torch.Tensor, steps: int = 0, generator: Generators = None,
                 step_callback=None) -> torch.Tensor:
         features, _ = self.semantic(x)
         return self.head(F.leaky_relu(features, 0.01))
@@ -380,7 +347,7 @@ class DSSM(nn.Module):
         return self.bayes(f, log_prior)
 
     # -- inference -------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, steps: int = 4, generator: Optional[torch.Generator] = None,
+    def forward(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
                 step_callback=None) -> torch.Tensor:
         """Segment a batch of slices; returns log-posterior logits (B, C, H, W).
 
@@ -408,7 +375,7 @@ class DSSM(nn.Module):
         prior = torch.log_softmax(self.autoencoder.decode(z_hat.to(x.dtype)).float(), dim=1)
         return self._refine(features, base, z_hat, prior)
 
-    def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Optional[torch.Generator] = None,
+    def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
                            step_callback=None) -> torch.Tensor:
         """:meth:`forward` written with :meth:`denoise` and :meth:`posterior` only (the original formulation)."""
         features, quarter = self.semantic(x)

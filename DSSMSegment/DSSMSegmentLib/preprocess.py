@@ -9,36 +9,13 @@ image, and slices are padded to a multiple of the network's stride.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class Preprocessing:
-    modality: str = "MRI"
-    channels: list = field(default_factory=lambda: ["image"])
-    spacing_mm: Optional[list] = None  # in-plane target spacing (row, column) for volumes
-    size: Optional[list] = None  # fixed in-plane size (rows, columns) for 2D images
-    percentiles: list = field(default_factory=lambda: [0.5, 99.5])
-    is_2d: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-    def target_shape(self, shape_hw: Sequence[int], spacing_hw: Sequence[float]) -> Tuple[int, int]:
-        if self.size:
-            return int(self.size[0]), int(self.size[1])
-        if self.spacing_mm:
-            return tuple(max(8, int(round(n * s / t))) for n, s, t in zip(shape_hw, spacing_hw, self.spacing_mm))
-        return int(shape_hw[0]), int(shape_hw[1])
+from .plan import Preprocessing  # noqa: F401  (re-exported: the recorded preprocessing decisions)
 
 
 def slice_axis(spacing_zyx: Sequence[float], shape_zyx: Sequence[int]) -> int:

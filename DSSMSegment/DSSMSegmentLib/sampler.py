@@ -4,7 +4,7 @@ Like a diffusers scheduler, these objects hold the schedule and the step rule an
 The chain reads top to bottom in :meth:`MarkovSampler.run`:
 
 1. start from the latent of the semantic module's own first prediction, noised to ``start`` (a fraction
-   of T) with a seeded generator - not from pure noise;
+   of T) with seeded generators (one per slice at inference) - not from pure noise;
 2. take K deterministic DDIM steps (eta = 0) with the x0-predicting denoiser, re-normalising the latent
    to [-1, 1] after each step;
 3. fuse the x0 predictions of the last steps (their mean).
@@ -15,9 +15,22 @@ The same input and seed therefore always give the same latent, hence the same ma
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def start_noise(shape, device: torch.device, generator: Generators) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (B, ...). With one generator per sample, each sample's noise
+    depends on its own generator only, so a slice gets the same noise however the slices are batched."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=torch.float32)
+                        for g in generator])
 
 
 class CosineSchedule:
@@ -63,10 +76,11 @@ class MarkovSampler:
         return (math.sqrt(a_next) * z0_pred + math.sqrt(1.0 - a_next) * eps).clamp(-1.0, 1.0)
 
     def run(self, denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z_first: torch.Tensor,
-            generator: Optional[torch.Generator] = None,
+            generator: Generators = None,
             step_callback: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-        """Run the chain; ``denoise(z_t, t_batch) -> z0``. Returns the fused z0 estimate."""
-        noise = torch.randn(z_first.shape, generator=generator, device=z_first.device, dtype=torch.float32)
+        """Run the chain; ``denoise(z_t, t_batch) -> z0``. Returns the fused z0 estimate. ``generator``: one
+        for the batch, or one per sample (see :func:`start_noise`)."""
+        noise = start_noise(z_first.shape, z_first.device, generator)
         t0 = torch.full((z_first.shape[0],), self.timesteps[0], dtype=torch.long, device=z_first.device)
         z = self.schedule.add_noise(z_first.float(), noise, t0)
         predictions = []

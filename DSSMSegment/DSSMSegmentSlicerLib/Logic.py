@@ -182,6 +182,7 @@ class SegmentationRequest:
     device: str = "auto"
     outputSegmentation: object = None
     overwriteEdited: bool = False
+    testTimeFlips: bool = False  # average over the model's test-time flips
 
 
 @dataclass
@@ -279,7 +280,7 @@ class DSSMSegmentLogic:
         workDirectory = Path(tempfile.mkdtemp(prefix="DSSMSegment-"))
         job = SegmentationJob(request, bundle, workDirectory, [], workerEnvironment(str(MODULE_DIRECTORY)))
         job.command = workerCommand(self.python, str(bundle.path), str(job.inputPath), str(job.outputPath),
-                                    request.steps, request.device)
+                                    request.steps, request.device, request.testTimeFlips)
         # A storage node outside the scene: the volume keeps its own storage node and file name.
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(job.inputPath))

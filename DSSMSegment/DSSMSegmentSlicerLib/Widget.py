@@ -130,18 +130,18 @@ class Widget(qt.QWidget, VTKObservationMixin):
 
     # --- dependencies, models, devices -----------------------------------------------------------------------
     def refreshDependencies(self) -> None:
-        """Show what is missing, or fill the model list and the GPU status once everything is there."""
+        """Fill the model list (reading a bundle needs no PyTorch), show what is missing, and the GPU status
+        once PyTorch is there."""
         self._missing = self.installLogic.missingPackages()
         self.ui.dependenciesFrame.setVisible(bool(self._missing))
         if self._missing:
             self.ui.dependenciesLabel.text = (
                 "DSSM needs these Python packages, which are not installed yet: "
                 + ", ".join("PyTorch" if name == "torch" else name for name in self._missing)
-                + ". Click Install (you are asked before anything is downloaded). The models are listed "
-                  "once they are installed.")
-            return
+                + ". Click Install (you are asked before anything is downloaded), or click Segment and you "
+                  "are asked then.")
         self._models = {bundle.name: bundle for bundle in self.logic.availableModels()}
-        self._gpu = self.logic.gpuStatus()
+        self._gpu = None if "torch" in self._missing else self.logic.gpuStatus()
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -250,7 +250,8 @@ class Widget(qt.QWidget, VTKObservationMixin):
             if overwrite is None:
                 return
         request = SegmentationRequest(parameters.inputVolume, parameters.model, parameters.steps,
-                                      parameters.device.value, parameters.outputSegmentation, overwrite)
+                                      parameters.device.value, parameters.outputSegmentation, overwrite,
+                                      parameters.testTimeFlips)
         try:
             job = self.logic.prepare(request)
         except DSSMError as error:

@@ -1,7 +1,7 @@
 """The child-process side of a Slicer run: segment one image file with the engine, reporting as it goes.
 
 Run as ``python -m DSSMSegmentSlicerLib.Worker --model NAME --input IN.nrrd --output OUT.nrrd
-[--steps K] [--device auto|cpu|cuda]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor
+[--steps K] [--device auto|cpu|cuda] [--tta]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor
 Slicer, so Slicer's ``PythonSlicer`` or any Python with the engine's requirements can run it.
 
 Every line it prints on stdout is one JSON event, which :mod:`.Process` parses:
@@ -42,6 +42,7 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="label file to write (.nrrd)")
     parser.add_argument("--steps", type=int, default=None, help="Markov steps K (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--tta", action="store_true", help="average over the model's test-time flips")
     return parser
 
 
@@ -53,7 +54,7 @@ def segmentFile(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     emit("progress", stage="loading model", fraction=0.0)
-    segmenter = Segmenter(resolve_model(args.model), device=args.device)
+    segmenter = Segmenter(resolve_model(args.model), device=args.device, tta=args.tta)
     emit("progress", stage="reading image", fraction=0.0)
     image = read_image(Path(args.input))
     labels = segmenter.segment(image, steps=args.steps, name=Path(args.input).name,
