@@ -94,14 +94,39 @@ def loocv_rows():
     return out
 
 
-def main() -> None:
-    print("| " + " | ".join(HEADER) + " |")
-    print("|" + "---|" * len(HEADER))
+def seed_rows():
+    """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/seed_spread.sh; seed 0 = K4)."""
+    out = []
     for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy"):
-        for row in rows_for(model):
-            print("| " + " | ".join(row) + " |")
-    for row in loocv_rows():
+        folders = [ROOT / model / "K4"] + sorted((ROOT / model).glob("K4-seed*"), key=lambda p: int(p.name[7:]))
+        reports = [r for r in (load(f / "metrics.json") for f in folders) if r]
+        if len(reports) < 2:
+            continue
+        for structure in reports[0]["summary"]:
+            means = [r["summary"][structure]["dice"]["mean"] for r in reports]
+            per_case = np.array([[r["per_case"][c][structure]["dice"] for c in reports[0]["per_case"]]
+                                 for r in reports], dtype=float)
+            out.append([model, structure, str(len(reports)), " / ".join(f"{m:.3f}" for m in means),
+                        f"{max(means) - min(means):.3f}", f"{np.nanmax(np.nanmax(per_case, 0) - np.nanmin(per_case, 0)):.3f}"])
+    return out
+
+
+def table(header, rows) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def main() -> None:
+    rows = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
+            for row in rows_for(model)] + loocv_rows()
+    table(HEADER, rows)
+    seeds = seed_rows()
+    if seeds:
+        print("\nDSSM K = 4, Markov noise seeds 0, 1, ...:\n")
+        table(["model", "structure", "seeds", "mean Dice per seed", "range of the mean", "largest range of one case"],
+              seeds)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv, metrics.json and the masks")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many cases")
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as for segment")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Markov chain's noise, as for segment")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
 

@@ -49,7 +49,7 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
 
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
-             tta: bool = False, postprocess: bool = True) -> dict:
+             tta: bool = False, postprocess: bool = True, seed: int = 0) -> dict:
     from tqdm import tqdm
 
     bundle = resolve_model(bundle_name)
@@ -62,11 +62,11 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
     seconds: Dict[str, float] = {}
-    tag = f"K={k}" + (" tta" if tta else "") + ("" if postprocess else " no-postprocess")
+    tag = f"K={k}" + (" tta" if tta else "") + ("" if postprocess else " no-postprocess") + (f" seed {seed}" if seed else "")
     for case in tqdm(cases, desc=f"evaluate {bundle.name} {tag}", unit="case", disable=not progress):
         image = read_image(case.image)
         t0 = time.perf_counter()
-        labels = segmenter.segment(image, steps=k, name=str(case.image), postprocess=postprocess)
+        labels = segmenter.segment(image, steps=k, seed=seed, name=str(case.image), postprocess=postprocess)
         seconds[case.case_id] = time.perf_counter() - t0
         pred = sitk.GetArrayFromImage(labels)
         gt = read_label_array(case).reshape(pred.shape)
@@ -79,7 +79,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
             write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
     report = {
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
-        "tta": bool(tta), "postprocess": bool(postprocess), "device": str(segmenter.device), "n_cases": len(per_case),
+        "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "device": str(segmenter.device), "n_cases": len(per_case),
         "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
                              "median": float(np.median(list(seconds.values())))},
         "summary": summarize(per_case),
@@ -109,8 +109,9 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     meta_path = bundle.path / META_FILE
     meta = json.loads(meta_path.read_text())
     metrics = meta.setdefault("metrics", {})
-    options = (" --tta" if report.get("tta") else "") + ("" if report.get("postprocess", True) else " --no-postprocess")
-    key = f"{report['split']}@K={report['steps']}" + options.replace(" --", "+")
+    options = ((" --tta" if report.get("tta") else "") + ("" if report.get("postprocess", True) else " --no-postprocess")
+               + (f" --seed {report['seed']}" if report.get("seed") else ""))
+    key = f"{report['split']}@K={report['steps']}" + options.replace(" --", "+").replace(" ", "=")
     metrics.setdefault("evaluations", {})[key] = {
         "data": report["data"], "n_cases": report["n_cases"], "device": report["device"],
         "seconds_per_case": report["seconds_per_case"], "summary": report["summary"],
@@ -127,7 +128,7 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
 def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
-                      postprocess=not args.no_postprocess)
+                      postprocess=not args.no_postprocess, seed=args.seed)
     print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}, "
           f"{report['n_cases']} {report['split']} "
           f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
