@@ -5,7 +5,8 @@ What it measures (issue 5), in one run:
 * **cases:** a typical ACDC volume (cine MRI, the model given by ``--model``, by default the heart model), a
   512x512 chest X-ray (``lungs-cxr``; a real 256x256 Montgomery/Shenzhen image upsampled, since the shared
   copies are 256x256) and a 256x256x20 MRI (the same ACDC volume resampled, same field of view);
-* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), and two references: the discriminative
+* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with test-time flips
+  (``--tta``; FLOPs count every pass), and two references: the discriminative
   baseline bundle (``<model>-baseline``) and *naive diffusion sampling* - the same denoiser and schedule
   started from pure noise with 100 DDPM ancestral steps (:func:`naive_diffusion_logits`);
 * **time:** end to end (read -> written mask, exactly what ``dssm segment`` does, through
@@ -508,6 +509,9 @@ def _matmul_peak(device, small: bool = False) -> dict:
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "flops_per_s": 2.0 * n ** 3 * iters / seconds}
 
 
+METHOD_ORDER = {"dssm": 0, "tta": 1, "baseline": 2, "naive": 3}
+
+
 def _worker(spec: dict) -> dict:
     """One case on one device, in this (fresh) process: each method of ``spec["methods"]`` in turn, and
     optionally the batched throughput."""
@@ -539,7 +543,8 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
 
     io = bool(spec["io"] and _have_simpleitk() and case.get("path"))
     rss_start = _rss_mib()
-    segmenter = Segmenter(resolve_model(model), device=spec["device"], batch_size=spec["batch_size"])
+    segmenter = Segmenter(resolve_model(model), device=spec["device"], batch_size=spec["batch_size"],
+                          tta=(method == "tta"))
     device = segmenter.device
     cuda = device.type == "cuda"
     dssm_network = _inference_network(segmenter)
@@ -597,7 +602,8 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
             result["dice"] = _dice(np.asarray(pred), gt)
         return result
 
-    configs = [int(k) for k in spec["steps"]] if method == "dssm" else [0]
+    configs = ([int(k) for k in spec["steps"]] if method == "dssm"
+               else [segmenter.bundle.default_steps] if method == "tta" else [0])
     slices = segmenter_slices(case)
     repeats = max(1, min(spec["repeats"], 3)) if method == "naive" else spec["repeats"]
     runs = {k: [] for k in configs}
@@ -656,7 +662,8 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
     with torch.inference_mode(), _autocast(device):
         for entry in results:
             gen = torch.Generator(device=device).manual_seed(0)
-            entry["flops_per_slice"] = _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen), x)
+            passes = len(segmenter.bundle.test_time_flips) if segmenter.tta else 1
+            entry["flops_per_slice"] = passes * _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen), x)
             entry["network_input_hw"] = list(x.shape[-2:])
     del segmenter, net, dssm_network
     return results
@@ -837,11 +844,12 @@ def markdown_tables(report: dict) -> str:
         for case in report["cases"]:
             crow = [r for r in rows if r["case"] == case]
             k0 = next((r for r in crow if r["method"] == "dssm" and r["steps"] == 0), None)
-            for r in sorted(crow, key=lambda r: ({"dssm": 0, "baseline": 1, "naive": 2}[r["method"]], r["steps"])):
+            for r in sorted(crow, key=lambda r: (METHOD_ORDER[r["method"]], r["steps"])):
                 ratio = r["time_s"]["median"] / k0["time_s"]["median"] if k0 else float("nan")
                 cold = "-" if r["cold_s"] is None else (f"{r['cold_s']:.3f}" if not gpu else f"{1000 * r['cold_s']:.1f}")
-                name = {"dssm": "DSSM", "baseline": "baseline", "naive": f"naive {r['steps']}-step DDPM"}[r["method"]]
-                k = r["steps"] if r["method"] == "dssm" else "-"
+                name = {"dssm": "DSSM", "tta": "DSSM + test-time flips", "baseline": "baseline",
+                        "naive": f"naive {r['steps']}-step DDPM"}[r["method"]]
+                k = r["steps"] if r["method"] in ("dssm", "tta") else "-"
                 fl = r.get("flops_per_slice")
                 dice = "-" if r.get("dice") is None else f"{r['dice']:.3f}"
                 cells = [case, name, str(k), fmt(r["time_s"]), f"{ratio:.2f}", fmt(r["network_s"]),
@@ -870,7 +878,7 @@ def markdown_tables(report: dict) -> str:
             lines.append(head)
             lines.append("|" + "---|" * (len(names) + 2))
             for r in picks:
-                label = {"dssm": f"DSSM K={r['steps']}", "baseline": "baseline",
+                label = {"dssm": f"DSSM K={r['steps']}", "tta": f"DSSM K={r['steps']} + TTA", "baseline": "baseline",
                          "naive": f"naive {r['steps']}"}[r["method"]]
                 cells = []
                 for s in names:
@@ -1022,7 +1030,7 @@ def benchmark_command(args) -> int:
                       "batch": 256 if gpu else (2 if quick else 16), "repeats": 10 if gpu else (1 if quick else 3)}
         for n, name in enumerate(names):
             case_model = specs[name]["model"]
-            methods = [("dssm", case_model)]
+            methods = [("dssm", case_model), ("tta", case_model)]
             base = case_model + "-baseline"
             try:
                 resolve_model(base)
