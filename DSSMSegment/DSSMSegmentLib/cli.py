@@ -225,6 +225,9 @@ def cmd_models(args) -> int:
         dice = m.metrics.get("dice", {}) if isinstance(m.metrics, dict) else {}
         if dice:
             print("    validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+        tta = m.metrics.get("evaluations", {}).get(f"val@K={m.default_steps}+tta") if isinstance(m.metrics, dict) else None
+        if tta:
+            print("      with --tta: " + ", ".join(f"{k} {v['dice']['mean']:.3f}" for k, v in tta["summary"].items()))
     return 0
 
 
@@ -256,6 +259,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("dssm: interrupted; nothing more was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (e.g. `dssm models | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
