@@ -105,3 +105,18 @@ def test_bundles_are_listed_without_pytorch() -> None:
     assert proc.returncode == 0, proc.stderr
     listed = proc.stdout.splitlines()[0].split(",")
     assert listed[:len(BUNDLED)] == BUNDLED
+
+
+def test_recorded_validation_dice_with_and_without_flips() -> None:
+    """``dssm evaluate --tta --update-bundle`` records under a key that the bundle (and so ``dssm models`` and
+    the panel) reads back; a model without a validation split has neither."""
+    from DSSMSegmentLib.bundle import resolve_model
+
+    heart = resolve_model("heart-cine-mri")
+    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-tta" / "metrics.json").read_text())
+    assert report["tta"] is True and report["steps"] == heart.default_steps
+    assert heart.validation_dice(tta=True) == {s: v["dice"]["mean"] for s, v in report["summary"].items()}
+    assert set(heart.validation_dice()) == set(heart.validation_dice(tta=True)) == {
+        "right ventricle cavity", "left ventricle myocardium", "left ventricle cavity"}
+    prostate = resolve_model("prostate-t2-mri")
+    assert prostate.validation_dice() == {} and prostate.validation_dice(tta=True) == {}

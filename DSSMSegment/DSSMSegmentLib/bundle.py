@@ -38,6 +38,17 @@ def model_search_paths() -> List[Path]:
     return [BUNDLED_MODELS_DIR, *extra, Path("~/.dssm/models").expanduser(), BASELINE_MODELS_DIR]
 
 
+def evaluation_options(tta: bool = False, postprocess: bool = True, seed: int = 0) -> str:
+    """The ``dssm evaluate`` options of an evaluation other than the plain one, e.g. ``" --tta"``."""
+    return ((" --tta" if tta else "") + ("" if postprocess else " --no-postprocess")
+            + (f" --seed {seed}" if seed else ""))
+
+
+def evaluation_key(split: str, steps: int, options: str = "") -> str:
+    """Where ``model.json`` keeps an evaluation under ``metrics.evaluations``, e.g. ``val@K=4+tta``."""
+    return f"{split}@K={steps}" + options.replace(" --", "+").replace(" ", "=")
+
+
 @dataclass
 class LabelInfo:
     value: int
@@ -105,6 +116,16 @@ class ModelBundle:
     @property
     def metrics(self) -> dict:
         return self.meta.get("metrics", {})
+
+    def validation_dice(self, tta: bool = False) -> dict:
+        """Mean validation Dice per structure at the default K as ``dssm evaluate --update-bundle`` recorded it
+        (empty if it was not); ``tta``: the evaluation with test-time flips."""
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        if not tta:
+            return dict(metrics.get("dice", {}))
+        key = evaluation_key("val", self.default_steps, evaluation_options(tta=True))
+        entry = metrics.get("evaluations", {}).get(key)
+        return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()} if entry else {}
 
     def load_network(self, device: "torch.device") -> "torch.nn.Module":
         """Build the network and load its weights after checking the file's sha256."""

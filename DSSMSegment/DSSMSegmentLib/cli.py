@@ -222,12 +222,11 @@ def cmd_models(args) -> int:
         labels = ", ".join(f"{lab.value} {lab.name}" for lab in m.labels)
         print(f"{m.name}  [{m.modality}; {m.architecture.kind}; K={m.default_steps}]  {m.path}")
         print(f"    labels: {labels}")
-        dice = m.metrics.get("dice", {}) if isinstance(m.metrics, dict) else {}
+        dice, tta = m.validation_dice(), m.validation_dice(tta=True)
         if dice:
             print("    validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
-        tta = m.metrics.get("evaluations", {}).get(f"val@K={m.default_steps}+tta") if isinstance(m.metrics, dict) else None
         if tta:
-            print("      with --tta: " + ", ".join(f"{k} {v['dice']['mean']:.3f}" for k, v in tta["summary"].items()))
+            print("      with --tta: " + ", ".join(f"{k} {v:.3f}" for k, v in tta.items()))
     return 0
 
 

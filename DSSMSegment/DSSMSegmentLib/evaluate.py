@@ -20,7 +20,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from .bundle import META_FILE, resolve_model
+from .bundle import META_FILE, evaluation_key, evaluation_options, resolve_model
 from .datasets import Case, case_key, find_cases, read_label_array
 from .errors import DSSMError
 from .imageio import read_image, write_image_atomically
@@ -109,10 +109,8 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     meta_path = bundle.path / META_FILE
     meta = json.loads(meta_path.read_text())
     metrics = meta.setdefault("metrics", {})
-    options = ((" --tta" if report.get("tta") else "") + ("" if report.get("postprocess", True) else " --no-postprocess")
-               + (f" --seed {report['seed']}" if report.get("seed") else ""))
-    key = f"{report['split']}@K={report['steps']}" + options.replace(" --", "+").replace(" ", "=")
-    metrics.setdefault("evaluations", {})[key] = {
+    options = evaluation_options(report.get("tta", False), report.get("postprocess", True), report.get("seed", 0))
+    metrics.setdefault("evaluations", {})[evaluation_key(report["split"], report["steps"], options)] = {
         "data": report["data"], "n_cases": report["n_cases"], "device": report["device"],
         "seconds_per_case": report["seconds_per_case"], "summary": report["summary"],
         "by_dataset": report["by_dataset"],

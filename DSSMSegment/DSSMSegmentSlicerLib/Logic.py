@@ -66,9 +66,12 @@ def modelDescription(bundle: "ModelBundle") -> str:
     swatches = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>&nbsp;{escape(label.name)}'
                 for label in bundle.labels for r, g, b in [label.color]]
     lines.append("Labels: " + ", ".join(swatches))
-    dice = bundle.metrics.get("dice") if isinstance(bundle.metrics, dict) else None
+    dice, flipped = bundle.validation_dice(), bundle.validation_dice(tta=True)
     if dice:
         lines.append("Validation Dice: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in dice.items()))
+        if flipped:
+            lines.append("With test-time flips: " + ", ".join(f"{escape(name)} {value:.3f}"
+                                                                for name, value in flipped.items()))
     else:
         lines.append("No validation metrics recorded for this model yet.")
     return "<br>".join(lines)
