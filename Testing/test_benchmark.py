@@ -58,10 +58,11 @@ def test_quick_benchmark_has_every_k_and_both_references(quick_report) -> None:
     assert naive[0]["flops_per_slice"] > dssm[1]["flops_per_slice"] + 90 * step > 3 * dssm[16]["flops_per_slice"]
     assert baseline[0]["flops_per_slice"] < dssm[0]["flops_per_slice"]
     assert [dssm[k]["flops_per_slice"] for k in K_VALUES] == sorted(dssm[k]["flops_per_slice"] for k in K_VALUES)
-    # DSSM with test-time flips, at the model's default K: the heart model has four flips, so four passes
+    # DSSM with test-time augmentation at the model's default K: the heart model's four flips at zoom 1 and at
+    # zoom 1.2 (1.44x the pixels), so between 4 + 4 and 4 + 4 * 1.6 times the plain pass
     tta = [r for r in rows if r["method"] == "tta"]
     assert len(tta) == 1 and tta[0]["steps"] == 4 == report["meta"]["default_steps"]["acdc"]
-    assert tta[0]["flops_per_slice"] == pytest.approx(4 * dssm[4]["flops_per_slice"])
+    assert 8 * dssm[4]["flops_per_slice"] < tta[0]["flops_per_slice"] < 10.4 * dssm[4]["flops_per_slice"]
 
 
 def test_quick_benchmark_times_every_stage(quick_report) -> None:
@@ -102,7 +103,7 @@ def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
     assert report["meta"]["quick"] is True and report["meta"]["naive_steps"] == 100
     # the Markdown tables went to stdout
     assert "| acdc | DSSM | 4 |" in stdout and "naive 100-step DDPM" in stdout and "baseline" in stdout
-    assert "| acdc | DSSM + test-time flips | 4 |" in stdout
+    assert "| acdc | DSSM + TTA | 4 |" in stdout
 
 
 # ---------------------------------------------------------------------------------------------------------

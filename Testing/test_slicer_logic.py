@@ -223,10 +223,10 @@ def test_running_again_replaces_dssm_segments_without_duplicates(obliqueCase, fi
     assert logic.editedSegmentNames(segmentation, MODEL) == []
 
 
-def test_test_time_flips_reach_the_engine(obliqueCase, logic):
-    """The panel's "Test-time flips" box gives exactly ``dssm segment --tta``, which differs from plain K = 0."""
+def test_test_time_augmentation_reaches_the_engine(obliqueCase, logic):
+    """The panel's "Test-time augmentation" box gives exactly ``dssm segment --tta``, which differs from plain K = 0."""
     scene, volume, path, tmp = obliqueCase
-    segmentation = logic.segment(SegmentationRequest(volume, MODEL, steps=0, device="cpu", testTimeFlips=True),
+    segmentation = logic.segment(SegmentationRequest(volume, MODEL, steps=0, device="cpu", testTimeAugmentation=True),
                                  timeout=300)
     try:
         exported = asModelLabels(voxels(exportLabelmap(scene, segmentation, volume)), segmentation, MODEL)

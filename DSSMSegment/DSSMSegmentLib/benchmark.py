@@ -5,8 +5,8 @@ What it measures (issue 5), in one run:
 * **cases:** a typical ACDC volume (cine MRI, the model given by ``--model``, by default the heart model), a
   512x512 chest X-ray (``lungs-cxr``; a real 256x256 Montgomery/Shenzhen image upsampled, since the shared
   copies are 256x256) and a 256x256x20 MRI (the same ACDC volume resampled, same field of view);
-* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with test-time flips
-  (``--tta``; FLOPs count every pass), and two references: the discriminative
+* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with test-time
+  augmentation (``--tta``; FLOPs count every pass at its zoom), and two references: the discriminative
   baseline bundle (``<model>-baseline``) and *naive diffusion sampling* - the same denoiser and schedule
   started from pure noise with 100 DDPM ancestral steps (:func:`naive_diffusion_logits`);
 * **time:** end to end (read -> written mask, exactly what ``dssm segment`` does, through
@@ -656,14 +656,18 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
             entry["peak_gpu_mib"] = peak_gpu[k]
             entry["peak_gpu_reserved_mib"] = reserved_gpu[k]
         results.append(entry)
-    # FLOPs per slice, on the first network input slice of this case
-    x = _network_input(segmenter, load_image())
+    # FLOPs per slice, on the first network input slice of this case (with TTA: every pass, at its zoom)
+    image = load_image()
+    x = _network_input(segmenter, image)
+    passes = segmenter.test_time_passes if segmenter.tta else [(1.0, ())]
+    inputs = {zoom: _network_input(segmenter, image, zoom) for zoom, _ in passes}
     net = _inference_network(segmenter)
     with torch.inference_mode(), _autocast(device):
         for entry in results:
             gen = torch.Generator(device=device).manual_seed(0)
-            passes = len(segmenter.bundle.test_time_flips) if segmenter.tta else 1
-            entry["flops_per_slice"] = passes * _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen), x)
+            entry["flops_per_slice"] = sum(
+                _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen), inputs[zoom])
+                for zoom, _ in passes)
             entry["network_input_hw"] = list(x.shape[-2:])
     del segmenter, net, dssm_network
     return results
@@ -692,8 +696,9 @@ def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _network_input(segmenter, image):
-    """The first slice of this image exactly as the Segmenter feeds it to the network (1, C, H, W)."""
+def _network_input(segmenter, image, zoom: float = 1.0):
+    """The first slice of this image exactly as the Segmenter feeds it to the network (1, C, H, W), at a
+    test-time ``zoom``."""
     import torch
 
     from . import preprocess as pp
@@ -705,8 +710,10 @@ def _network_input(segmenter, image):
     axis = pp.slice_axis(spacing, array.shape[1:])
     slices, inplane = pp.to_slices(pp.normalize(array, bundle.preprocessing.percentiles), spacing, axis)
     target = bundle.preprocessing.target_shape(slices.shape[-2:], inplane)
+    target = target if zoom == 1.0 else tuple(max(8, round(t * zoom)) for t in target)
     x = pp.resize(torch.from_numpy(slices[:1]).to(segmenter.device), target)
-    x, _ = pp.pad_to_multiple(x, bundle.architecture.size_multiple)
+    min_hw = bundle.preprocessing.min_size
+    x, _ = pp.pad_to_multiple(x, bundle.architecture.size_multiple, min_hw and [m * zoom for m in min_hw])
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -847,7 +854,7 @@ def markdown_tables(report: dict) -> str:
             for r in sorted(crow, key=lambda r: (METHOD_ORDER[r["method"]], r["steps"])):
                 ratio = r["time_s"]["median"] / k0["time_s"]["median"] if k0 else float("nan")
                 cold = "-" if r["cold_s"] is None else (f"{r['cold_s']:.3f}" if not gpu else f"{1000 * r['cold_s']:.1f}")
-                name = {"dssm": "DSSM", "tta": "DSSM + test-time flips", "baseline": "baseline",
+                name = {"dssm": "DSSM", "tta": "DSSM + TTA", "baseline": "baseline",
                         "naive": f"naive {r['steps']}-step DDPM"}[r["method"]]
                 k = r["steps"] if r["method"] in ("dssm", "tta") else "-"
                 fl = r.get("flops_per_slice")

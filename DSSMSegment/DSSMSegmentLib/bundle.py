@@ -114,6 +114,20 @@ class ModelBundle:
         return flips
 
     @property
+    def test_time_zooms(self) -> List[float]:
+        """The in-plane zooms that test-time augmentation runs at: the model's own scale (1), and 1.2 (or the
+        largest scale the model was trained with, if smaller; none below 1.1). Zoom 1.2 means 1.25 mm pixels for
+        a 1.5 mm model: small structures (end-systolic ventricles) get more pixels."""
+        augment = self.meta.get("training", {}).get("augment", {}) or {}
+        largest = float((augment.get("scale") or [1.0, 1.0])[1])
+        return [1.0] + ([round(min(1.2, largest), 3)] if largest >= 1.1 else [])
+
+    @property
+    def test_time_passes(self) -> List[tuple]:
+        """``(zoom, flip dims)`` of each test-time pass: every test-time flip at every test-time zoom."""
+        return [(zoom, dims) for zoom in self.test_time_zooms for dims in self.test_time_flips]
+
+    @property
     def metrics(self) -> dict:
         return self.meta.get("metrics", {})
 

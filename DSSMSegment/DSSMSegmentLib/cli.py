@@ -30,8 +30,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--seed", type=int, default=0, help="seed of the Markov chain's noise")
     p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: also segment the flips the model was trained with and average "
-                        "(2-4x slower)")
+                   help="test-time augmentation: also segment the image flipped and zoomed 1.2x as the model was "
+                        "trained, and average (4-10x the network time)")
     p.add_argument("--timings", default=None, help="write per-case timings to this JSON file")
 
 

@@ -5,9 +5,9 @@ read -> check -> slice along the through-plane axis -> normalise -> resample in-
 batches of slices (CUDA with bf16 autocast, or CPU) -> crop -> resample probabilities back (linear) ->
 argmax -> optional largest component per structure -> label image on exactly the input's voxel grid.
 
-With test-time augmentation (``tta``) the network also runs on each flip the model was trained with
-(:attr:`ModelBundle.test_time_flips`), each with its own Markov noise, and the class probabilities are
-averaged before the argmax: 2-4x the network time for a steadier mask.
+With test-time augmentation (``tta``) the network also runs on each flip the model was trained with, at
+its own scale and zoomed 1.2x (:attr:`ModelBundle.test_time_passes`), each pass with its own Markov noise;
+the class probabilities are averaged on the native grid before the argmax.
 
 The Markov chain's noise is seeded per slice (``seed`` + slice index), so a mask does not depend on how
 the slices were batched.
@@ -21,6 +21,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -140,11 +141,14 @@ def keep_largest_component(labels: np.ndarray, values) -> np.ndarray:
 class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
-    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False) -> None:
+    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False,
+                 test_time_passes: Optional[list] = None) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
         self.tta = bool(tta)
+        # (zoom, flip dims) per test-time pass: the bundle's own (ModelBundle.test_time_passes), or given
+        self.test_time_passes = sorted(test_time_passes or bundle.test_time_passes, key=lambda p: p[0])
         # ``network`` is the model exactly as the bundle holds it (saving it gives the same file back); the
         # segmentation runs on a copy prepared for speed - BatchNorm folded into the convolutions and
         # channels-last weights (networks.optimize_for_inference), same results up to float rounding.
@@ -166,9 +170,9 @@ class Segmenter:
                 timings: Optional[Timings] = None, postprocess: bool = True, name: str = "image",
                 tta: Optional[bool] = None) -> sitk.Image:
         """Segment one image; returns a uint8 label image on the input's exact grid. ``tta``: average over the
-        model's test-time flips (default: as the Segmenter was created)."""
+        model's test-time passes (default: as the Segmenter was created)."""
         steps = self.bundle.default_steps if steps is None else int(steps)
-        flips = self.bundle.test_time_flips if (self.tta if tta is None else tta) else [()]
+        passes = self.test_time_passes if (self.tta if tta is None else tta) else [(1.0, ())]
         if steps < 0:
             raise DSSMError("--steps must be 0 or more")
         timings = timings if timings is not None else Timings()
@@ -190,7 +194,7 @@ class Segmenter:
             target = prep.target_shape(shape_hw, inplane)
         labels = np.zeros((slices.shape[0], *shape_hw), dtype=np.uint8)
         try:
-            self._run_network(slices, target, shape_hw, steps, seed, flips, labels, clock, report, check_cancel)
+            self._run_network(slices, target, shape_hw, steps, seed, passes, labels, clock, report, check_cancel)
         except torch.cuda.OutOfMemoryError:
             raise DSSMError(f"out of GPU memory while segmenting {name}; use a smaller --batch-size "
                             "or --device cpu") from None
@@ -207,41 +211,58 @@ class Segmenter:
         report("done", 1.0)
         return result
 
-    def _run_network(self, slices, target, shape_hw, steps, seed, flips, labels, clock, report,
+    def _run_network(self, slices, target, shape_hw, steps, seed, passes, labels, clock, report,
                      check_cancel) -> None:
+        """Network over batches of slices; each pass ``(zoom, flip dims)`` of ``passes`` adds its class
+        probabilities (on the native in-plane grid when zooms differ), and the argmax of the sum is the label."""
         device = self.device
         multiple = self.bundle.architecture.size_multiple
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
         network = self.inference_network
         n = slices.shape[0]
-        passes = len(flips)
+        several_zooms = len({zoom for zoom, _ in passes}) > 1
+        min_hw = self.bundle.preprocessing.min_size
         with torch.inference_mode(), autocast:
             for start in range(0, n, self.batch_size):
                 check_cancel()
-                with clock("resample in"):
-                    batch = torch.from_numpy(slices[start:start + self.batch_size]).to(device)
-                    batch = pp.resize(batch, target)
-                    batch, (h, w) = pp.pad_to_multiple(batch, multiple)
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                b = batch.shape[0]
-                probs = None
-                for k, dims in enumerate(flips):
+                raw = torch.from_numpy(slices[start:start + self.batch_size]).to(device)
+                b = raw.shape[0]
+                probs, zoomed = None, {}
+                for k, (zoom, dims) in enumerate(passes):
+                    # a zoomed pass runs in smaller chunks of slices, so that no network call holds more pixels
+                    # (hence memory) than a plain batch does
+                    chunk = max(1, int(b / (zoom * zoom)))
 
-                    def on_step(i: int, total: int, k=k) -> None:  # progress inside a batch, per Markov step
-                        report("network", 0.95 * (start + b * (k + i / max(1, total)) / passes) / n)
+                    def on_step(i: int, total: int, k=k, done=0, size=b) -> None:  # progress per Markov step
+                        within = (done + size * i / max(1, total)) / b
+                        report("network", 0.95 * (start + b * (k + within) / len(passes)) / n)
 
+                    if zoom not in zoomed:  # passes come grouped by zoom: keep only the current one
+                        with clock("resample in"):
+                            zoomed_hw = target if zoom == 1.0 else tuple(max(8, round(t * zoom)) for t in target)
+                            zoomed = {zoom: pp.resize(raw, zoomed_hw)}
+                    with clock("resample in"):
+                        # flip, then pad: the padding is then always bottom/right of what the network sees, so
+                        # the mask of a mirrored image is exactly the mirrored mask
+                        x = zoomed[zoom].flip(dims) if dims else zoomed[zoom]
+                        x, (top, left, h, w) = pp.pad_to_multiple(x, multiple, min_hw and [m * zoom for m in min_hw])
+                        x = x.contiguous(memory_format=torch.channels_last)
                     with clock("network"):
-                        x = batch.flip(dims).contiguous(memory_format=torch.channels_last) if dims else batch
                         # one generator per slice: the noise of slice i is the same however slices are batched
                         generators = [torch.Generator(device=device).manual_seed(seed + start + j + 1_000_003 * k)
                                       for j in range(b)] if steps > 0 else None
-                        logits = network(x, steps=steps, generator=generators, step_callback=on_step)
+                        logits = torch.cat([
+                            network(x[i:i + chunk], steps=steps, generator=generators and generators[i:i + chunk],
+                                    step_callback=partial(on_step, done=i, size=min(chunk, b - i)))
+                            for i in range(0, b, chunk)])[..., top:top + h, left:left + w]
                         if dims:
                             logits = logits.flip(dims)
                     with clock("resample out"):
-                        p = torch.softmax(logits[..., :h, :w].float(), dim=1)
+                        p = torch.softmax(logits.float(), dim=1)
+                        if several_zooms:
+                            p = pp.resize(p.contiguous(memory_format=torch.channels_last), shape_hw)
                         probs = p if probs is None else probs.add_(p)  # the argmax of the sum = of the mean
-                    report("network", 0.95 * (start + b * (k + 1) / passes) / n)
+                    report("network", 0.95 * (start + b * (k + 1) / len(passes)) / n)
                 with clock("resample out"):
                     # channels-last: the softmax and the argmax then reduce over a contiguous class axis
                     # (the argmax over the class axis of an NCHW tensor was 10x slower on CPU)

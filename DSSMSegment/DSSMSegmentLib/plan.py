@@ -51,6 +51,9 @@ class Preprocessing:
     channels: list = field(default_factory=lambda: ["image"])
     spacing_mm: Optional[list] = None  # in-plane target spacing (row, column) for volumes
     size: Optional[list] = None  # fixed in-plane size (rows, columns) for 2D images
+    # pad slices smaller than this (rows, columns, in the network's pixels) to it, centred: the field of view
+    # the model was trained on when its training tiles were larger than the images
+    min_size: Optional[list] = None
     percentiles: list = field(default_factory=lambda: [0.5, 99.5])
     is_2d: bool = False
 

@@ -66,13 +66,16 @@ def resize(slices: torch.Tensor, shape_hw: Sequence[int], mode: str = "bilinear"
     return F.interpolate(slices, size=tuple(shape_hw), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def pad_to_multiple(slices: torch.Tensor, multiple: int) -> tuple:
-    """Pad (S, C, H, W) on the bottom/right with each channel's minimum; returns (padded, (H, W))."""
+def pad_to_multiple(slices: torch.Tensor, multiple: int, min_hw=None) -> tuple:
+    """Pad (S, C, H, W) with each channel's minimum to a multiple of ``multiple`` (bottom/right), or, with
+    ``min_hw``, to at least that size with the slice in the middle. Returns (padded, (top, left, H, W))."""
     h, w = slices.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return slices, (h, w)
+    th, tw = max(h, int(min_hw[0])) if min_hw else h, max(w, int(min_hw[1])) if min_hw else w
+    th, tw = th + (-th) % multiple, tw + (-tw) % multiple
+    if (th, tw) == (h, w):
+        return slices, (0, 0, h, w)
+    top, left = ((th - h) // 2, (tw - w) // 2) if min_hw else (0, 0)
     fill = slices.amin(dim=(0, 2, 3), keepdim=True)
-    padded = fill.expand(slices.shape[0], -1, h + ph, w + pw).clone()
-    padded[..., :h, :w] = slices
-    return padded, (h, w)
+    padded = fill.expand(slices.shape[0], -1, th, tw).clone()
+    padded[..., top:top + h, left:left + w] = slices
+    return padded, (top, left, h, w)

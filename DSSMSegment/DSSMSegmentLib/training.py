@@ -123,7 +123,7 @@ def pooled_dice(network: nn.Module, data: CachedData, num_classes: int, device: 
         for s in range(0, len(data.images), batch):
             gen.manual_seed(s)
             x = torch.from_numpy(data.images[s:s + batch].astype(np.float32)).to(device)
-            x, (h, w) = pad_to_multiple(x, multiple)
+            x, (_, _, h, w) = pad_to_multiple(x, multiple)
             pred = network(x, steps=steps, generator=gen)[..., :h, :w].argmax(1).cpu().numpy()
             y = data.labels[s:s + batch]
             for c in range(1, num_classes):
@@ -350,7 +350,8 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, 
         "description": recipe["description"] + ("" if cfg.kind == "dssm" else " Discriminative baseline (no generative part)."),
         "architecture": arch.to_dict(),
         "labels": recipe["labels"],
-        "preprocessing": prep.to_dict(),
+        # inference pads slices smaller than the training tiles to their size (the field of view trained on)
+        "preprocessing": dict(prep.to_dict(), min_size=list(recipe["tile"]) if recipe.get("tile") else None),
         "default_steps": cfg.default_steps if cfg.kind == "dssm" else 0,
         "postprocessing": recipe.get("postprocessing", {}),
         "structures": recipe.get("structures", {}),

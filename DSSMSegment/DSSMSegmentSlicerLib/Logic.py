@@ -70,7 +70,7 @@ def modelDescription(bundle: "ModelBundle") -> str:
     if dice:
         lines.append("Validation Dice: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in dice.items()))
         if flipped:
-            lines.append("With test-time flips: " + ", ".join(f"{escape(name)} {value:.3f}"
+            lines.append("With test-time augmentation: " + ", ".join(f"{escape(name)} {value:.3f}"
                                                                 for name, value in flipped.items()))
     else:
         lines.append("No validation metrics recorded for this model yet.")
@@ -185,7 +185,7 @@ class SegmentationRequest:
     device: str = "auto"
     outputSegmentation: object = None
     overwriteEdited: bool = False
-    testTimeFlips: bool = False  # average over the model's test-time flips
+    testTimeAugmentation: bool = False  # average over the model's test-time passes (flips and zooms)
 
 
 @dataclass
@@ -283,7 +283,7 @@ class DSSMSegmentLogic:
         workDirectory = Path(tempfile.mkdtemp(prefix="DSSMSegment-"))
         job = SegmentationJob(request, bundle, workDirectory, [], workerEnvironment(str(MODULE_DIRECTORY)))
         job.command = workerCommand(self.python, str(bundle.path), str(job.inputPath), str(job.outputPath),
-                                    request.steps, request.device, request.testTimeFlips)
+                                    request.steps, request.device, request.testTimeAugmentation)
         # A storage node outside the scene: the volume keeps its own storage node and file name.
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(job.inputPath))

@@ -21,7 +21,7 @@ class DSSMSegmentParameters:
     inputVolume - the volume to segment (scalar, or vector for RGB images).
     model - name of the model bundle.
     steps - Markov steps K; set to the model's default when the model changes.
-    testTimeFlips - also segment the model's training flips of the image and average (slower, steadier).
+    testTimeAugmentation - also segment the image flipped and zoomed as in training, and average (slower).
     device - auto, CPU or GPU.
     outputSegmentation - the segmentation to update; None creates a new one on the next run.
     show3D - show the result as surfaces in the 3D view.
@@ -30,7 +30,7 @@ class DSSMSegmentParameters:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
     model: str = ""
     steps: Annotated[int, WithinRange(0, MAX_STEPS)] = 4
-    testTimeFlips: bool = False
+    testTimeAugmentation: bool = False
     device: Device = Device.AUTO
     outputSegmentation: vtkMRMLSegmentationNode
     show3D: bool = True

@@ -200,13 +200,13 @@ def workerEnvironment(moduleDirectory: str) -> Dict[str, str]:
 
 
 def workerCommand(python: str, model: str, inputPath: str, outputPath: str, steps: Optional[int],
-                  device: str, testTimeFlips: bool = False) -> List[str]:
+                  device: str, testTimeAugmentation: bool = False) -> List[str]:
     """The command line that runs :mod:`.Worker` with ``python``."""
     command = [python, "-m", "DSSMSegmentSlicerLib.Worker", "--model", model, "--input", inputPath,
                "--output", outputPath, "--device", device]
     if steps is not None:
         command += ["--steps", str(int(steps))]
-    if testTimeFlips:
+    if testTimeAugmentation:
         command.append("--tta")
     return command
 

@@ -251,7 +251,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
                 return
         request = SegmentationRequest(parameters.inputVolume, parameters.model, parameters.steps,
                                       parameters.device.value, parameters.outputSegmentation, overwrite,
-                                      parameters.testTimeFlips)
+                                      parameters.testTimeAugmentation)
         try:
             job = self.logic.prepare(request)
         except DSSMError as error:

@@ -42,7 +42,7 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="label file to write (.nrrd)")
     parser.add_argument("--steps", type=int, default=None, help="Markov steps K (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--tta", action="store_true", help="average over the model's test-time flips")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and zooms")
     return parser
 
 
