@@ -20,7 +20,6 @@ import torch
 
 from conftest import describe, run_dssm
 from DSSMSegmentLib import preprocess as pp
-from DSSMSegmentLib.imageio import spacing_zyx, to_channels
 
 K_VALUES = [0, 1, 2, 4, 8, 16]
 
@@ -113,13 +112,11 @@ def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
 @pytest.fixture(scope="module")
 def acdc_slices(acdc_p011, heart_bundle):
     """The 3 cropped patient011 slices, preprocessed as the Segmenter does, channels-last."""
+    from DSSMSegmentLib.inference import prepare_slices
+
     image, _ = acdc_p011
-    prep = heart_bundle.preprocessing
-    array = to_channels(image, 1)
-    spacing = spacing_zyx(image)
-    axis = pp.slice_axis(spacing, array.shape[1:])
-    slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
-    batch = pp.resize(torch.from_numpy(slices), prep.target_shape(slices.shape[-2:], inplane))
+    slices, _, target = prepare_slices(image, heart_bundle)
+    batch = pp.resize(torch.from_numpy(slices), target)
     batch, _ = pp.pad_to_multiple(batch, heart_bundle.architecture.size_multiple)
     return batch
 

@@ -11,7 +11,6 @@ import torch
 
 from conftest import LV, MYO, RV, dice
 from DSSMSegmentLib import preprocess as pp
-from DSSMSegmentLib.imageio import spacing_zyx, to_channels
 from DSSMSegmentLib.sampler import CosineSchedule, MarkovSampler
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,14 +114,12 @@ def test_chain_with_a_perfect_denoiser_recovers_z0() -> None:
 @pytest.fixture(scope="module")
 def heart_batch(acdc_p011, heart_bundle):
     """The 3 cropped patient011 slices, preprocessed exactly as Segmenter does (normalise, resample, pad)."""
+    from DSSMSegmentLib.inference import prepare_slices
+
     image, _ = acdc_p011
-    prep = heart_bundle.preprocessing
-    array = to_channels(image, 1)
-    spacing = spacing_zyx(image)
-    axis = pp.slice_axis(spacing, array.shape[1:])
+    slices, axis, target = prepare_slices(image, heart_bundle)
     assert axis == 0  # ACDC: 10 mm between slices, 1.48 mm in-plane
-    slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
-    batch = pp.resize(torch.from_numpy(slices), prep.target_shape(slices.shape[-2:], inplane))
+    batch = pp.resize(torch.from_numpy(slices), target)
     batch, _ = pp.pad_to_multiple(batch, heart_bundle.architecture.size_multiple)
     return batch
 

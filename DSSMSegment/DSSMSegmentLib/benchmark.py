@@ -326,14 +326,22 @@ def load_cases(path: Path) -> Dict[str, dict]:
 # Measuring inside a worker process
 
 
-def _rss_mib() -> float:
+def _proc_status_mib(field: str) -> Optional[float]:
+    """A memory field of ``/proc/self/status`` (Linux) in MiB, e.g. ``VmRSS``; None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def _rss_mib() -> float:
+    rss = _proc_status_mib("VmRSS")
+    if rss is not None:
+        return rss
     import psutil
 
     return psutil.Process().memory_info().rss / MIB
@@ -350,13 +358,9 @@ def _reset_peak_rss() -> bool:
 
 
 def _peak_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -702,18 +706,13 @@ def _network_input(segmenter, image, zoom: float = 1.0):
     import torch
 
     from . import preprocess as pp
-    from .imageio import spacing_zyx, to_channels
+    from .inference import prepare_slices, zoomed_sizes
 
     bundle = segmenter.bundle
-    array = to_channels(image, bundle.architecture.in_channels)
-    spacing = spacing_zyx(image)
-    axis = pp.slice_axis(spacing, array.shape[1:])
-    slices, inplane = pp.to_slices(pp.normalize(array, bundle.preprocessing.percentiles), spacing, axis)
-    target = bundle.preprocessing.target_shape(slices.shape[-2:], inplane)
-    target = target if zoom == 1.0 else tuple(max(8, round(t * zoom)) for t in target)
-    x = pp.resize(torch.from_numpy(slices[:1]).to(segmenter.device), target)
-    min_hw = bundle.preprocessing.min_size
-    x, _ = pp.pad_to_multiple(x, bundle.architecture.size_multiple, min_hw and [m * zoom for m in min_hw])
+    slices, _, target = prepare_slices(image, bundle)
+    size, min_hw = zoomed_sizes(bundle.preprocessing, target, zoom)
+    x = pp.resize(torch.from_numpy(slices[:1]).to(segmenter.device), size)
+    x, _ = pp.pad_to_multiple(x, bundle.architecture.size_multiple, min_hw)
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -138,6 +138,24 @@ def keep_largest_component(labels: np.ndarray, values) -> np.ndarray:
     return out
 
 
+def prepare_slices(image: sitk.Image, bundle: ModelBundle, name: str = "image") -> tuple:
+    """Check an image and cut it into normalised slices as the model expects: (slices (S, C, H, W) float32, the
+    slice axis, the in-plane size the network works at)."""
+    prep = bundle.preprocessing
+    array = to_channels(image, bundle.architecture.in_channels, name)
+    spacing = spacing_zyx(image)
+    axis = pp.slice_axis(spacing, array.shape[1:])
+    slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
+    return slices, axis, prep.target_shape(slices.shape[-2:], inplane)
+
+
+def zoomed_sizes(prep, target, zoom: float) -> tuple:
+    """At a test-time ``zoom``: the in-plane size to resample slices to, and the minimum padded size (the
+    training field of view, scaled with the pixels) or None."""
+    size = tuple(target) if zoom == 1.0 else tuple(max(8, round(t * zoom)) for t in target)
+    return size, (prep.min_size and [m * zoom for m in prep.min_size])
+
+
 class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
@@ -183,15 +201,10 @@ class Segmenter:
             if cancel is not None and cancel():
                 raise Cancelled()
 
-        prep = self.bundle.preprocessing
         with clock("preprocess"):
             report("preprocess", 0.0)
-            array = to_channels(image, self.bundle.architecture.in_channels, name)
-            spacing = spacing_zyx(image)
-            axis = pp.slice_axis(spacing, array.shape[1:])
-            slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
+            slices, axis, target = prepare_slices(image, self.bundle, name)
             shape_hw = slices.shape[-2:]
-            target = prep.target_shape(shape_hw, inplane)
         labels = np.zeros((slices.shape[0], *shape_hw), dtype=np.uint8)
         try:
             self._run_network(slices, target, shape_hw, steps, seed, passes, labels, clock, report, check_cancel)
@@ -221,7 +234,6 @@ class Segmenter:
         network = self.inference_network
         n = slices.shape[0]
         several_zooms = len({zoom for zoom, _ in passes}) > 1
-        min_hw = self.bundle.preprocessing.min_size
         with torch.inference_mode(), autocast:
             for start in range(0, n, self.batch_size):
                 check_cancel()
@@ -237,15 +249,15 @@ class Segmenter:
                         within = (done + size * i / max(1, total)) / b
                         report("network", 0.95 * (start + b * (k + within) / len(passes)) / n)
 
+                    zoomed_hw, min_hw = zoomed_sizes(self.bundle.preprocessing, target, zoom)
                     if zoom not in zoomed:  # passes come grouped by zoom: keep only the current one
                         with clock("resample in"):
-                            zoomed_hw = target if zoom == 1.0 else tuple(max(8, round(t * zoom)) for t in target)
                             zoomed = {zoom: pp.resize(raw, zoomed_hw)}
                     with clock("resample in"):
                         # flip, then pad: the padding is then always bottom/right of what the network sees, so
                         # the mask of a mirrored image is exactly the mirrored mask
                         x = zoomed[zoom].flip(dims) if dims else zoomed[zoom]
-                        x, (top, left, h, w) = pp.pad_to_multiple(x, multiple, min_hw and [m * zoom for m in min_hw])
+                        x, (top, left, h, w) = pp.pad_to_multiple(x, multiple, min_hw)
                         x = x.contiguous(memory_format=torch.channels_last)
                     with clock("network"):
                         # one generator per slice: the noise of slice i is the same however slices are batched
