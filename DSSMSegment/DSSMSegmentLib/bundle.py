@@ -124,7 +124,8 @@ class ModelBundle:
 
     @property
     def test_time_passes(self) -> List[tuple]:
-        """``(zoom, flip dims)`` of each test-time pass: every test-time flip at every test-time zoom."""
+        """``(zoom, flip dims)`` of each test-time pass: every test-time flip at every test-time zoom, grouped by
+        zoom (the Segmenter resamples once per zoom)."""
         return [(zoom, dims) for zoom in self.test_time_zooms for dims in self.test_time_flips]
 
     @property
@@ -133,7 +134,7 @@ class ModelBundle:
 
     def validation_dice(self, tta: bool = False) -> dict:
         """Mean validation Dice per structure at the default K as ``dssm evaluate --update-bundle`` recorded it
-        (empty if it was not); ``tta``: the evaluation with test-time flips."""
+        (empty if it was not); ``tta``: the evaluation with test-time augmentation."""
         metrics = self.metrics if isinstance(self.metrics, dict) else {}
         if not tta:
             return dict(metrics.get("dice", {}))

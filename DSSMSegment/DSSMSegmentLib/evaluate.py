@@ -62,8 +62,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
     seconds: Dict[str, float] = {}
-    tag = f"K={k}" + (" tta" if tta else "") + ("" if postprocess else " no-postprocess") + (f" seed {seed}" if seed else "")
-    for case in tqdm(cases, desc=f"evaluate {bundle.name} {tag}", unit="case", disable=not progress):
+    options = evaluation_options(tta, postprocess, seed)
+    for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}{options}", unit="case", disable=not progress):
         image = read_image(case.image)
         t0 = time.perf_counter()
         labels = segmenter.segment(image, steps=k, seed=seed, name=str(case.image), postprocess=postprocess)

@@ -159,14 +159,12 @@ def zoomed_sizes(prep, target, zoom: float) -> tuple:
 class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
-    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False,
-                 test_time_passes: Optional[list] = None) -> None:
+    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
         self.tta = bool(tta)
-        # (zoom, flip dims) per test-time pass: the bundle's own (ModelBundle.test_time_passes), or given
-        self.test_time_passes = sorted(test_time_passes or bundle.test_time_passes, key=lambda p: p[0])
+        self.test_time_passes = bundle.test_time_passes  # (zoom, flip dims), grouped by zoom
         # ``network`` is the model exactly as the bundle holds it (saving it gives the same file back); the
         # segmentation runs on a copy prepared for speed - BatchNorm folded into the convolutions and
         # channels-last weights (networks.optimize_for_inference), same results up to float rounding.
