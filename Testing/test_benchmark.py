@@ -62,6 +62,12 @@ def test_quick_benchmark_has_every_k_and_both_references(quick_report) -> None:
     tta = [r for r in rows if r["method"] == "tta"]
     assert len(tta) == 1 and tta[0]["steps"] == 4 == report["meta"]["default_steps"]["acdc"]
     assert 8 * dssm[4]["flops_per_slice"] < tta[0]["flops_per_slice"] < 10.4 * dssm[4]["flops_per_slice"]
+    # 4 Markov samples at the default K: the semantic pass and the head once, the chain (what K = 4 adds to
+    # K = 0) four times
+    samples = [r for r in rows if r["method"] == "samples"]
+    assert len(samples) == 1 and samples[0]["steps"] == 4 and samples[0]["samples"] == 4
+    chain = dssm[4]["flops_per_slice"] - dssm[0]["flops_per_slice"]
+    assert samples[0]["flops_per_slice"] == pytest.approx(dssm[4]["flops_per_slice"] + 3 * chain, rel=0.02)
 
 
 def test_quick_benchmark_times_every_stage(quick_report) -> None:
@@ -70,7 +76,7 @@ def test_quick_benchmark_times_every_stage(quick_report) -> None:
         stages = r["stages_s"]
         for name in ("read", "preprocess", "semantic pass", "resample back", "postprocess", "write"):
             assert name in stages, (r["method"], r["steps"], sorted(stages))
-        if r["method"] in ("dssm", "tta"):
+        if r["method"] in ("dssm", "samples", "tta"):
             assert "bayesian head" in stages and "first prediction + encode" in stages
             steps = sorted(int(s.split()[-1]) for s in stages if s.startswith("markov step"))
             assert steps == list(range(1, r["steps"] + 1)), (r["steps"], steps)
@@ -102,7 +108,7 @@ def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
     assert report["meta"]["quick"] is True and report["meta"]["naive_steps"] == 100
     # the Markdown tables went to stdout
     assert "| acdc | DSSM | 4 |" in stdout and "naive 100-step DDPM" in stdout and "baseline" in stdout
-    assert "| acdc | DSSM + TTA | 4 |" in stdout
+    assert "| acdc | DSSM + TTA | 4 |" in stdout and "| acdc | DSSM, 4 samples | 4 |" in stdout
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,10 +118,10 @@ def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
 @pytest.fixture(scope="module")
 def acdc_slices(acdc_p011, heart_bundle):
     """The 3 cropped patient011 slices, preprocessed as the Segmenter does, channels-last."""
-    from DSSMSegmentLib.inference import prepare_slices
+    from DSSMSegmentLib.preprocess import prepare_slices
 
     image, _ = acdc_p011
-    slices, _, target = prepare_slices(image, heart_bundle)
+    slices, _, target = prepare_slices(image, heart_bundle.preprocessing, heart_bundle.architecture.in_channels)
     batch = pp.resize(torch.from_numpy(slices), target)
     batch, _ = pp.pad_to_multiple(batch, heart_bundle.architecture.size_multiple)
     return batch

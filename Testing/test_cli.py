@@ -141,12 +141,14 @@ def test_dssm_models_lists_the_bundled_models_with_labels(tmp_path) -> None:
         expected = ", ".join(f"{lab['value']} {lab['name']}" for lab in meta["labels"])
         assert labels_line.strip() == f"labels: {expected}", labels_line
     assert "1 right ventricle cavity, 2 left ventricle myocardium, 3 left ventricle cavity" in text
-    # the recorded validation Dice with test-time flips is listed under the plain one
+    # the recorded validation Dice with 4 Markov samples and with test-time flips are listed under the plain one
     heart = json.loads((MODELS / "heart-cine-mri" / "model.json").read_text())
-    lv = heart["metrics"]["evaluations"]["val@K=4+tta"]["summary"]["left ventricle cavity"]["dice"]["mean"]
     lines = text.splitlines()
-    tta_line = lines[lines.index(next(ln for ln in lines if ln.startswith("heart-cine-mri  ["))) + 3]
-    assert tta_line.strip().startswith("with --tta:") and f"left ventricle cavity {lv:.3f}" in tta_line
+    first = lines.index(next(ln for ln in lines if ln.startswith("heart-cine-mri  [")))
+    for offset, (option, key) in enumerate([("--samples 4", "val@K=4+samples=4"), ("--tta", "val@K=4+tta")], 3):
+        lv = heart["metrics"]["evaluations"][key]["summary"]["left ventricle cavity"]["dice"]["mean"]
+        line = lines[first + offset]
+        assert line.strip().startswith(f"with {option}:") and f"left ventricle cavity {lv:.3f}" in line, line
 
 
 def test_dssm_models_json(capfd) -> None:

@@ -114,10 +114,10 @@ def test_chain_with_a_perfect_denoiser_recovers_z0() -> None:
 @pytest.fixture(scope="module")
 def heart_batch(acdc_p011, heart_bundle):
     """The 3 cropped patient011 slices, preprocessed exactly as Segmenter does (normalise, resample, pad)."""
-    from DSSMSegmentLib.inference import prepare_slices
+    from DSSMSegmentLib.preprocess import prepare_slices
 
     image, _ = acdc_p011
-    slices, axis, target = prepare_slices(image, heart_bundle)
+    slices, axis, target = prepare_slices(image, heart_bundle.preprocessing, heart_bundle.architecture.in_channels)
     assert axis == 0  # ACDC: 10 mm between slices, 1.48 mm in-plane
     batch = pp.resize(torch.from_numpy(slices), target)
     batch, _ = pp.pad_to_multiple(batch, heart_bundle.architecture.size_multiple)
@@ -192,3 +192,64 @@ def test_segment_is_deterministic_for_k8(heart_segmenter, acdc_p011, first_masks
     b = sitk.GetArrayFromImage(heart_segmenter.segment(acdc_p011[0], steps=8, seed=0))  # a fresh run
     assert np.array_equal(a, b)
     assert (a > 0).sum() > 1000  # and it found the heart
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several Markov samples per slice (--samples)
+
+
+def test_several_samples_average_the_latents_of_independent_chains(heart_segmenter, heart_batch) -> None:
+    """``samples = S`` must equal S chains, each from its own slice generators (sample-major), run one by one
+    with the public pieces (denoise, posterior) and their fused latents averaged before the decoder."""
+    network = heart_segmenter.network
+    b, samples, steps = heart_batch.shape[0], 3, 4
+    seeds = [[100 + 10 * s + j for j in range(b)] for s in range(samples)]
+
+    def generators(rows):
+        return [torch.Generator().manual_seed(seed) for row in rows for seed in row]
+
+    with torch.inference_mode():
+        fast = network(heart_batch, steps=steps, generator=generators(seeds), samples=samples)
+        features, quarter = network.semantic(heart_batch)
+        first = network.first_head(torch.nn.functional.leaky_relu(features, 0.01)).float()
+        z_first = network.autoencoder.encode(torch.softmax(first, dim=1))
+        sampler = MarkovSampler(network.schedule, steps, network.cfg.markov_start)
+        chains = [sampler.run(lambda z, t: network.denoise(quarter, z, t), z_first, generators([row]))
+                  for row in seeds]
+        z_hat = torch.stack(chains).mean(0)
+        prior = torch.log_softmax(network.autoencoder.decode(z_hat).float(), dim=1)
+        by_hand = network.posterior(features, quarter, z_hat, prior)
+        one = network(heart_batch, steps=steps, generator=generators(seeds[:1]))
+    assert fast.shape == by_hand.shape == one.shape
+    assert torch.allclose(fast, by_hand, atol=2e-3), float((fast - by_hand).abs().max())
+    assert not torch.allclose(fast, one, atol=2e-3)  # the other chains do count
+
+
+def test_more_samples_make_the_mask_less_dependent_on_the_noise(acdc_p011, heart_bundle) -> None:
+    """Averaging the chains is a Monte Carlo estimate of the chain's expected latent, so two seeds disagree on
+    fewer voxels with 8 samples than with 1; and the mask still does not depend on the batching."""
+    from DSSMSegmentLib.inference import Segmenter
+
+    image, gt = acdc_p011
+
+    def mask(samples, seed, batch_size=3):
+        segmenter = Segmenter(heart_bundle, device="cpu", batch_size=batch_size, samples=samples)
+        return sitk.GetArrayFromImage(segmenter.segment(image, steps=4, seed=seed))
+
+    one = [mask(1, seed) for seed in (0, 1, 2)]
+    eight = [mask(8, seed) for seed in (0, 1, 2)]
+    moved_one = sum(int((one[0] != m).sum()) for m in one[1:])
+    moved_eight = sum(int((eight[0] != m).sum()) for m in eight[1:])
+    assert moved_eight < moved_one, (moved_eight, moved_one)
+    # batched differently, the same noise: only float rounding can move a voxel (as for one sample)
+    differing = int((mask(8, 0, batch_size=1) != eight[0]).sum())
+    assert differing <= 1e-4 * eight[0].size, f"{differing} voxels differ between batch sizes 3 and 1"
+    assert dice(eight[0], gt, LV) > 0.9
+
+
+def test_samples_below_one_is_an_error(heart_bundle) -> None:
+    from DSSMSegmentLib.errors import DSSMError
+    from DSSMSegmentLib.inference import Segmenter
+
+    with pytest.raises(DSSMError, match="--samples"):
+        Segmenter(heart_bundle, device="cpu", samples=0)

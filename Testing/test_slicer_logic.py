@@ -236,6 +236,19 @@ def test_test_time_augmentation_reaches_the_engine(obliqueCase, logic):
         scene.RemoveNode(segmentation)
 
 
+def test_markov_samples_reach_the_engine(obliqueCase, firstRun, logic):
+    """The panel's "Markov samples" box gives exactly ``dssm segment --samples``, which differs from one sample."""
+    scene, volume, path, tmp = obliqueCase
+    _, oneSample = firstRun
+    segmentation = logic.segment(SegmentationRequest(volume, MODEL, steps=4, device="cpu", samples=3), timeout=300)
+    try:
+        exported = asModelLabels(voxels(exportLabelmap(scene, segmentation, volume)), segmentation, MODEL)
+        assert np.array_equal(exported, cliLabels(path, tmp, "--steps", "4", "--samples", "3"))
+        assert not np.array_equal(exported, oneSample)
+    finally:
+        scene.RemoveNode(segmentation)
+
+
 def test_edited_segment_is_reported_and_kept_unless_overwriting_is_asked(obliqueCase, firstRun, logic):
     scene, volume, _, _ = obliqueCase
     segmentation, _ = firstRun

@@ -88,7 +88,7 @@ def test_every_widget_the_code_uses_exists_with_a_usable_type(app):
     assert panel.objectName() == "DSSMSegment"
     expected = {"segmentButton": QPushButton, "installButton": QPushButton, "editButton": QPushButton,
                 "show3DButton": QPushButton, "modelComboBox": QComboBox, "deviceComboBox": QComboBox,
-                "stepsSpinBox": QSpinBox, "progressBar": QProgressBar, "statusLabel": QLabel,
+                "stepsSpinBox": QSpinBox, "samplesSpinBox": QSpinBox, "progressBar": QProgressBar, "statusLabel": QLabel,
                 "modelInfoLabel": QLabel, "deviceInfoLabel": QLabel, "dependenciesLabel": QLabel}
     used = uiNamesUsedByCode()
     assert {"segmentButton", "progressBar", "statusLabel", "modelComboBox"} <= set(used), sorted(used)
@@ -132,7 +132,7 @@ def test_every_parameter_binding_names_a_field_of_a_bindable_type():
 
 
 def test_selectors_offer_the_right_nodes_and_the_steps_match_the_logic():
-    from DSSMSegmentSlicerLib.Logic import MAX_STEPS
+    from DSSMSegmentSlicerLib.Logic import MAX_SAMPLES, MAX_STEPS
 
     widgets = widgetsInXml()
     inputClass, inputProps = widgets["inputVolumeSelector"]
@@ -146,6 +146,9 @@ def test_selectors_offer_the_right_nodes_and_the_steps_match_the_logic():
     assert int(stepsProps["minimum"]) == 0 and int(stepsProps["maximum"]) == MAX_STEPS
     for words in ("K = 0", "no refinement", "fastest", "default comes from the model", "longer", "steadier"):
         assert words in stepsProps["toolTip"], words
+    _, samplesProps = widgets["samplesSpinBox"]
+    assert int(samplesProps["minimum"]) == 1 and int(samplesProps["maximum"]) == MAX_SAMPLES
+    assert int(samplesProps["value"]) == 1, "one sample (the fastest) unless the user asks for more"
 
 
 def lookalikeXml() -> bytes:

@@ -125,6 +125,10 @@ def test_recorded_validation_dice_with_and_without_flips() -> None:
         "right ventricle cavity", "left ventricle myocardium", "left ventricle cavity"}
     prostate = resolve_model("prostate-t2-mri")
     assert prostate.validation_dice() == {} and prostate.validation_dice(tta=True) == {}
+    # and with 4 Markov samples (dssm evaluate --samples 4 --update-bundle)
+    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-s4" / "metrics.json").read_text())
+    assert report["samples"] == 4 and report["tta"] is False
+    assert heart.validation_dice(samples=4) == {s: v["dice"]["mean"] for s, v in report["summary"].items()}
 
 
 def test_centred_padding_to_the_training_field_of_view() -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce every accuracy number in the README: each bundled DSSM model at its default K and at K = 0,
-# and its discriminative baseline, each also with test-time flips (--tta), on the model's own validation
+# and its discriminative baseline, each also with test-time flips (--tta), and DSSM with 4 Markov samples
+# per slice (--samples 4), on the model's own validation
 # split, through the same path as `dssm segment` (native resolution). Results go to
 # results/<model>/<row>/ and into each model.json.
 # Usage: bash scripts/evaluate_all.sh [MODEL ...]    (default: all four with a validation split;
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DSSM=${DSSM:-.venv/bin/dssm}
-ROWS=${ROWS:-"K4 K0 baseline K4-tta baseline-tta"}
+ROWS=${ROWS:-"K4 K0 baseline K4-tta baseline-tta K4-s4"}   # also: K4-tta-s4 (TTA and 4 samples)
 declare -A DATA=([heart-cine-mri]=acdc [left-atrium-lge-mri]=la2018 [lungs-cxr]=cxr_lung
                  [skin-lesion-dermoscopy]=isic2018+ph2)
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(heart-cine-mri left-atrium-lge-mri lungs-cxr skin-lesion-dermoscopy)
@@ -21,6 +22,8 @@ for m in "${models[@]}"; do
       baseline)     $DSSM evaluate "$d" --model "$m-baseline" -o "results/$m/baseline" --update-bundle ;;
       K4-tta)       $DSSM evaluate "$d" --model "$m" --tta -o "results/$m/K4-tta" --update-bundle ;;
       baseline-tta) $DSSM evaluate "$d" --model "$m-baseline" --tta -o "results/$m/baseline-tta" --update-bundle ;;
+      K4-s4)        $DSSM evaluate "$d" --model "$m" --samples 4 -o "results/$m/K4-s4" --update-bundle ;;
+      K4-tta-s4)    $DSSM evaluate "$d" --model "$m" --tta --samples 4 -o "results/$m/K4-tta-s4" --update-bundle ;;
       *) echo "unknown row $row" >&2; exit 2 ;;
     esac
   done

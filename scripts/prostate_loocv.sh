@@ -3,11 +3,12 @@
 # Training each fold needs a GPU for the budget below (about 4 min per fold on an H100 with several runs
 # sharing it); pass RUNS=folder-with-trained-folds to only evaluate.
 #   train:    dssm train --recipe prostate-t2-mri [--baseline] --val-patients CASE --iterations 900 --out runs/loocv/CASE-KIND
-#   evaluate: this script
+#   evaluate: this script (ROWS="plain tta K0 s4" limits the evaluations; K0 and s4 are DSSM's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DSSM=${DSSM:-.venv/bin/dssm}
 RUNS=${RUNS:-runs/loocv}
+ROWS=${ROWS:-"plain tta K0 s4"}
 for case in 001 002 020 021; do
   for kind in dssm baseline; do
     run="$RUNS/$case-$kind"
@@ -17,8 +18,14 @@ for case in 001 002 020 021; do
     fi
     bundle=$(ls -d "$run"/bundle/*/)
     out="results/prostate-t2-mri/loocv/$case"
-    $DSSM evaluate prostate158 --model "$bundle" -o "$out-$kind"
-    $DSSM evaluate prostate158 --model "$bundle" --tta -o "$out-$kind-tta"
-    if [ $kind = dssm ]; then $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "$out-dssm-K0"; fi
+    for row in $ROWS; do
+      case $row in
+        plain)  $DSSM evaluate prostate158 --model "$bundle" -o "$out-$kind" ;;
+        tta)    $DSSM evaluate prostate158 --model "$bundle" --tta -o "$out-$kind-tta" ;;
+        K0)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "$out-dssm-K0" ;;
+        s4)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --samples 4 -o "$out-dssm-s4" ;;
+        *) echo "unknown row $row" >&2; exit 2 ;;
+      esac
+    done
   done
 done

@@ -1,5 +1,6 @@
 """Print the README's accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
-flips (TTA), the discriminative baseline plain and with TTA, and the paper.
+flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
+slice, and the spread over Markov noise seeds.
 
 The numbers are those written by ``scripts/evaluate_all.sh`` and ``scripts/prostate_loocv.sh``
 (``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/results_table.py
@@ -27,6 +28,9 @@ PAPER = {  # Liu et al. 2025, abstract (shared/docs/paper-abstract.md)
 ROWS = ("K4", "K0", "K4-tta", "baseline", "baseline-tta")
 FOLD_ROWS = {"K4": "dssm", "K0": "dssm-K0", "K4-tta": "dssm-tta", "baseline": "baseline",
              "baseline-tta": "baseline-tta"}
+SAMPLE_ROWS = ("K4", "K4-s4", "K0", "baseline")
+SAMPLE_FOLD_ROWS = {"K4-s4": "dssm-s4"}
+SAMPLE_HEADER = ["model", "structure", "DSSM K=4", "DSSM K=4, 4 samples", "DSSM K=0", "baseline"]
 HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA", "baseline", "baseline + TTA",
           "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
 
@@ -41,8 +45,10 @@ def load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def rows_for(model: str):
-    reports = {row: load(ROOT / model / row / "metrics.json") for row in ROWS}
+def rows_for(model: str, rows=ROWS, extra=True):
+    """One line per structure (and dataset) of ``model``: the Dice of each of ``rows``; with ``extra``, the
+    paper and the HD95 columns of the main table."""
+    reports = {row: load(ROOT / model / row / "metrics.json") for row in rows}
     k4 = reports["K4"]
     if not k4:
         return []
@@ -57,21 +63,24 @@ def rows_for(model: str):
                     return None
                 s = report["by_dataset"][dataset] if dataset else report["summary"]
                 return s.get(structure, {}).get(key)
+            name = model + (f" ({dataset})" if dataset else "")
+            if not extra:
+                out.append([name, structure, *(fmt(pick(row)) for row in rows)])
+                continue
             paper = PAPER.get((model, dataset or structure))
             n = summary[structure]["dice"]["n"]
-            out.append([model + (f" ({dataset})" if dataset else ""), structure, str(n),
-                        *(fmt(pick(row)) for row in ROWS), f"{paper:.4f}" if paper else "",
+            out.append([name, structure, str(n), *(fmt(pick(row)) for row in rows), f"{paper:.4f}" if paper else "",
                         fmt(pick("K4-tta", "hd95_mm"), 2), fmt(pick("baseline-tta", "hd95_mm"), 2)])
     return out
 
 
-def loocv_rows():
+def loocv_rows(rows=ROWS, extra=True):
     """Prostate: one fold per held-out case; mean ± sd over the 4 folds of each fold's Dice."""
     folder = ROOT / "prostate-t2-mri" / "loocv"
     if not folder.is_dir():
         return []
     per = {}
-    for row, kind in FOLD_ROWS.items():
+    for row, kind in {**FOLD_ROWS, **SAMPLE_FOLD_ROWS}.items():
         vals = {}
         for case in ("001", "002", "020", "021"):
             rep = load(folder / f"{case}-{kind}" / "metrics.json")
@@ -87,27 +96,40 @@ def loocv_rows():
 
     out = []
     for structure in [s for s, key in per.get("K4", {}) if key == "dice"]:
+        if not extra:
+            out.append(["prostate-t2-mri (LOOCV, 4 folds)", structure, *(f(row, structure) for row in rows)])
+            continue
         out.append(["prostate-t2-mri (LOOCV, 4 folds)", structure, str(len(per["K4"][(structure, "dice")])),
-                    *(f(row, structure) for row in ROWS),
+                    *(f(row, structure) for row in rows),
                     f"{PAPER[('prostate-t2-mri', 'whole gland')]:.4f}" if structure == "whole gland" else "",
                     f("K4-tta", structure, "hd95_mm", 2), f("baseline-tta", structure, "hd95_mm", 2)])
     return out
 
 
 def seed_rows():
-    """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/seed_spread.sh; seed 0 = K4)."""
+    """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/seed_spread.sh; seed 0 = K4, or K4-s4
+    with 4 Markov samples)."""
     out = []
     for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy"):
-        folders = [ROOT / model / "K4"] + sorted((ROOT / model).glob("K4-seed*"), key=lambda p: int(p.name[7:]))
-        reports = [r for r in (load(f / "metrics.json") for f in folders) if r]
-        if len(reports) < 2:
-            continue
-        for structure in reports[0]["summary"]:
-            means = [r["summary"][structure]["dice"]["mean"] for r in reports]
-            per_case = np.array([[r["per_case"][c][structure]["dice"] for c in reports[0]["per_case"]]
-                                 for r in reports], dtype=float)
-            out.append([model, structure, str(len(reports)), " / ".join(f"{m:.3f}" for m in means),
-                        f"{max(means) - min(means):.3f}", f"{np.nanmax(np.nanmax(per_case, 0) - np.nanmin(per_case, 0)):.3f}"])
+        for row, samples in (("K4", 1), ("K4-s4", 4)):
+            out += _seed_rows(model, row, samples)
+    return out
+
+
+def _seed_rows(model: str, row: str, samples: int):
+    folders = [ROOT / model / row] + sorted((ROOT / model).glob(f"{row}-seed*"),
+                                            key=lambda p: int(p.name.rsplit("seed", 1)[1]))
+    reports = [r for r in (load(f / "metrics.json") for f in folders) if r]
+    if len(reports) < 2:
+        return []
+    out = []
+    for structure in reports[0]["summary"]:
+        means = [r["summary"][structure]["dice"]["mean"] for r in reports]
+        per_case = np.array([[r["per_case"][c][structure]["dice"] for c in reports[0]["per_case"]]
+                             for r in reports], dtype=float)
+        out.append([model, str(samples), structure, str(len(reports)), " / ".join(f"{m:.3f}" for m in means),
+                    f"{max(means) - min(means):.3f}",
+                    f"{np.nanmax(np.nanmax(per_case, 0) - np.nanmin(per_case, 0)):.3f}"])
     return out
 
 
@@ -122,11 +144,15 @@ def main() -> None:
     rows = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
             for row in rows_for(model)] + loocv_rows()
     table(HEADER, rows)
+    samples = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
+               for row in rows_for(model, SAMPLE_ROWS, extra=False)] + loocv_rows(SAMPLE_ROWS, extra=False)
+    print("\nDSSM with 4 Markov samples per slice (--samples 4):\n")
+    table(SAMPLE_HEADER, samples)
     seeds = seed_rows()
     if seeds:
         print("\nDSSM K = 4, Markov noise seeds 0, 1, ...:\n")
-        table(["model", "structure", "seeds", "mean Dice per seed", "range of the mean", "largest range of one case"],
-              seeds)
+        table(["model", "samples", "structure", "seeds", "mean Dice per seed", "range of the mean",
+               "largest range of one case"], seeds)
 
 
 if __name__ == "__main__":

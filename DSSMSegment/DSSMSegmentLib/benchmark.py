@@ -5,8 +5,9 @@ What it measures (issue 5), in one run:
 * **cases:** a typical ACDC volume (cine MRI, the model given by ``--model``, by default the heart model), a
   512x512 chest X-ray (``lungs-cxr``; a real 256x256 Montgomery/Shenzhen image upsampled, since the shared
   copies are 256x256) and a 256x256x20 MRI (the same ACDC volume resampled, same field of view);
-* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with test-time
-  augmentation (``--tta``; FLOPs count every pass at its zoom), and two references: the discriminative
+* **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with 4 Markov samples
+  per slice (``--samples 4``) and with test-time augmentation (``--tta``; FLOPs count every pass at its
+  zoom), and two references: the discriminative
   baseline bundle (``<model>-baseline``) and *naive diffusion sampling* - the same denoiser and schedule
   started from pure noise with 100 DDPM ancestral steps (:func:`naive_diffusion_logits`);
 * **time:** end to end (read -> written mask, exactly what ``dssm segment`` does, through
@@ -114,7 +115,9 @@ class NaiveDiffusion:
     def __init__(self, network, steps: int = NAIVE_STEPS) -> None:
         self.network, self.steps, self.step_callback = network, steps, None
 
-    def __call__(self, x, steps: int = 0, generator=None, step_callback=None):
+    def __call__(self, x, steps: int = 0, generator=None, step_callback=None, samples: int = 1):
+        if samples != 1:
+            raise ValueError("the naive diffusion reference runs one Markov sample per slice")
         callbacks = [c for c in (self.step_callback, step_callback) if c is not None]
 
         def each(i: int, n: int) -> None:
@@ -513,7 +516,16 @@ def _matmul_peak(device, small: bool = False) -> dict:
     return {"dtype": str(dtype).replace("torch.", ""), "n": n, "flops_per_s": 2.0 * n ** 3 * iters / seconds}
 
 
-METHOD_ORDER = {"dssm": 0, "tta": 1, "baseline": 2, "naive": 3}
+METHOD_ORDER = {"dssm": 0, "samples": 1, "tta": 2, "baseline": 3, "naive": 4}
+BENCH_SAMPLES = 4  # Markov samples per slice of the "samples" method
+
+
+def method_label(row: dict, with_k: bool = False) -> str:
+    """How the tables name a result row's method."""
+    k = f" K={row['steps']}" if with_k else ""
+    return {"dssm": f"DSSM{k}", "samples": f"DSSM{k}, {row.get('samples', BENCH_SAMPLES)} samples",
+            "tta": f"DSSM{k} + TTA", "baseline": "baseline",
+            "naive": f"naive {row['steps']}" + ("" if with_k else "-step DDPM")}[row["method"]]
 
 
 def _worker(spec: dict) -> dict:
@@ -548,7 +560,7 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
     io = bool(spec["io"] and _have_simpleitk() and case.get("path"))
     rss_start = _rss_mib()
     segmenter = Segmenter(resolve_model(model), device=spec["device"], batch_size=spec["batch_size"],
-                          tta=(method == "tta"))
+                          tta=(method == "tta"), samples=BENCH_SAMPLES if method == "samples" else 1)
     device = segmenter.device
     cuda = device.type == "cuda"
     dssm_network = _inference_network(segmenter)
@@ -607,7 +619,7 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         return result
 
     configs = ([int(k) for k in spec["steps"]] if method == "dssm"
-               else [segmenter.bundle.default_steps] if method == "tta" else [0])
+               else [segmenter.bundle.default_steps] if method in ("tta", "samples") else [0])
     slices = segmenter_slices(case)
     repeats = max(1, min(spec["repeats"], 3)) if method == "naive" else spec["repeats"]
     runs = {k: [] for k in configs}
@@ -649,7 +661,8 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         names = list(kruns[-1]["stages"])
         entry = {
             "device": str(device), "case": case["name"], "method": method, "model": model,
-            "steps": spec["naive_steps"] if method == "naive" else k, "slices": slices,
+            "steps": spec["naive_steps"] if method == "naive" else k, "samples": segmenter.samples if k else 1,
+            "slices": slices,
             "time_s": _summary(totals), "network_s": _summary([r["network"] for r in kruns]),
             "cold_s": cold[k], "stages_s": {n: statistics.median(r["stages"].get(n, 0.0) for r in kruns) for n in names},
             "slices_per_s": slices / statistics.median(totals),
@@ -670,7 +683,8 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         for entry in results:
             gen = torch.Generator(device=device).manual_seed(0)
             entry["flops_per_slice"] = sum(
-                _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen), inputs[zoom])
+                _flops_per_slice(lambda t: net(t, steps=entry["steps"], generator=gen, samples=entry["samples"]),
+                                 inputs[zoom])
                 for zoom, _ in passes)
             entry["network_input_hw"] = list(x.shape[-2:])
     del segmenter, net, dssm_network
@@ -706,10 +720,11 @@ def _network_input(segmenter, image, zoom: float = 1.0):
     import torch
 
     from . import preprocess as pp
-    from .inference import prepare_slices, zoomed_sizes
+    from .inference import zoomed_sizes
+    from .preprocess import prepare_slices
 
     bundle = segmenter.bundle
-    slices, _, target = prepare_slices(image, bundle)
+    slices, _, target = prepare_slices(image, bundle.preprocessing, bundle.architecture.in_channels)
     size, min_hw = zoomed_sizes(bundle.preprocessing, target, zoom)
     x = pp.resize(torch.from_numpy(slices[:1]).to(segmenter.device), size)
     x, _ = pp.pad_to_multiple(x, bundle.architecture.size_multiple, min_hw)
@@ -853,9 +868,8 @@ def markdown_tables(report: dict) -> str:
             for r in sorted(crow, key=lambda r: (METHOD_ORDER[r["method"]], r["steps"])):
                 ratio = r["time_s"]["median"] / k0["time_s"]["median"] if k0 else float("nan")
                 cold = "-" if r["cold_s"] is None else (f"{r['cold_s']:.3f}" if not gpu else f"{1000 * r['cold_s']:.1f}")
-                name = {"dssm": "DSSM", "tta": "DSSM + TTA", "baseline": "baseline",
-                        "naive": f"naive {r['steps']}-step DDPM"}[r["method"]]
-                k = r["steps"] if r["method"] in ("dssm", "tta") else "-"
+                name = method_label(r)
+                k = r["steps"] if r["method"] in ("dssm", "samples", "tta") else "-"
                 fl = r.get("flops_per_slice")
                 dice = "-" if r.get("dice") is None else f"{r['dice']:.3f}"
                 cells = [case, name, str(k), fmt(r["time_s"]), f"{ratio:.2f}", fmt(r["network_s"]),
@@ -884,8 +898,7 @@ def markdown_tables(report: dict) -> str:
             lines.append(head)
             lines.append("|" + "---|" * (len(names) + 2))
             for r in picks:
-                label = {"dssm": f"DSSM K={r['steps']}", "tta": f"DSSM K={r['steps']} + TTA", "baseline": "baseline",
-                         "naive": f"naive {r['steps']}"}[r["method"]]
+                label = method_label(r, with_k=True)
                 cells = []
                 for s in names:
                     v = r["stages_s"].get(s)
@@ -1036,7 +1049,7 @@ def benchmark_command(args) -> int:
                       "batch": 256 if gpu else (2 if quick else 16), "repeats": 10 if gpu else (1 if quick else 3)}
         for n, name in enumerate(names):
             case_model = specs[name]["model"]
-            methods = [("dssm", case_model), ("tta", case_model)]
+            methods = [("dssm", case_model), ("samples", case_model), ("tta", case_model)]
             base = case_model + "-baseline"
             try:
                 resolve_model(base)

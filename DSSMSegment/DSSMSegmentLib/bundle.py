@@ -38,10 +38,10 @@ def model_search_paths() -> List[Path]:
     return [BUNDLED_MODELS_DIR, *extra, Path("~/.dssm/models").expanduser(), BASELINE_MODELS_DIR]
 
 
-def evaluation_options(tta: bool = False, postprocess: bool = True, seed: int = 0) -> str:
-    """The ``dssm evaluate`` options of an evaluation other than the plain one, e.g. ``" --tta"``."""
-    return ((" --tta" if tta else "") + ("" if postprocess else " --no-postprocess")
-            + (f" --seed {seed}" if seed else ""))
+def evaluation_options(tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1) -> str:
+    """The ``dssm evaluate`` options of an evaluation other than the plain one, e.g. ``" --tta --samples 4"``."""
+    return ((" --tta" if tta else "") + (f" --samples {samples}" if samples > 1 else "")
+            + ("" if postprocess else " --no-postprocess") + (f" --seed {seed}" if seed else ""))
 
 
 def evaluation_key(split: str, steps: int, options: str = "") -> str:
@@ -132,13 +132,14 @@ class ModelBundle:
     def metrics(self) -> dict:
         return self.meta.get("metrics", {})
 
-    def validation_dice(self, tta: bool = False) -> dict:
+    def validation_dice(self, tta: bool = False, samples: int = 1) -> dict:
         """Mean validation Dice per structure at the default K as ``dssm evaluate --update-bundle`` recorded it
-        (empty if it was not); ``tta``: the evaluation with test-time augmentation."""
+        (empty if it was not); ``tta``: the evaluation with test-time augmentation; ``samples``: with that many
+        Markov samples per slice."""
         metrics = self.metrics if isinstance(self.metrics, dict) else {}
-        if not tta:
+        if not tta and samples == 1:
             return dict(metrics.get("dice", {}))
-        key = evaluation_key("val", self.default_steps, evaluation_options(tta=True))
+        key = evaluation_key("val", self.default_steps, evaluation_options(tta=tta, samples=samples))
         entry = metrics.get("evaluations", {}).get(key)
         return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()} if entry else {}
 

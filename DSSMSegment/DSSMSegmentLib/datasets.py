@@ -161,17 +161,13 @@ def preprocess_case(case: Case, prep, in_channels: int, tile: Optional[Sequence[
     import torch
 
     from . import preprocess as pp
-    from .imageio import read_image, spacing_zyx, to_channels
+    from .imageio import read_image
 
     image = read_image(case.image)
-    array = to_channels(image, in_channels, str(case.image))
-    labels = read_label_array(case)
-    spacing = spacing_zyx(image)
-    axis = pp.slice_axis(spacing, array.shape[1:])
-    slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
-    lab = pp.from_slices(labels.reshape(array.shape[1:]), 0)  # (Z, Y, X)
-    lab = np.moveaxis(lab, axis, 0)
-    target = prep.target_shape(slices.shape[-2:], inplane)
+    slices, axis, target = pp.prepare_slices(image, prep, in_channels, str(case.image))
+    size_zyx = tuple(reversed(image.GetSize()))
+    labels = read_label_array(case).reshape(size_zyx if len(size_zyx) == 3 else (1, *size_zyx))
+    lab = np.moveaxis(labels, axis, 0)
     x = pp.resize(torch.from_numpy(slices), target).numpy()
     y = pp.resize(torch.from_numpy(lab[:, None].astype(np.float32)), target, mode="nearest").numpy()[:, 0]
     y = y.astype(np.uint8)

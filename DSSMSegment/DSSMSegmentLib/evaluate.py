@@ -49,20 +49,21 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
 
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
-             tta: bool = False, postprocess: bool = True, seed: int = 0) -> dict:
+             tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1) -> dict:
     from tqdm import tqdm
 
     bundle = resolve_model(bundle_name)
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
-    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta)
+    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples)
     k = bundle.default_steps if steps is None else int(steps)
+    samples = segmenter.samples if k > 0 else 1  # what ran (K = 0 has no chain; a baseline has none)
     structures = structures_of(bundle)
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
     seconds: Dict[str, float] = {}
-    options = evaluation_options(tta, postprocess, seed)
+    options = evaluation_options(tta, postprocess, seed, samples)
     for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}{options}", unit="case", disable=not progress):
         image = read_image(case.image)
         t0 = time.perf_counter()
@@ -79,7 +80,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
             write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
     report = {
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
-        "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "device": str(segmenter.device), "n_cases": len(per_case),
+        "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "samples": samples,
+        "device": str(segmenter.device), "n_cases": len(per_case),
         "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
                              "median": float(np.median(list(seconds.values())))},
         "summary": summarize(per_case),
@@ -109,7 +111,8 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     meta_path = bundle.path / META_FILE
     meta = json.loads(meta_path.read_text())
     metrics = meta.setdefault("metrics", {})
-    options = evaluation_options(report.get("tta", False), report.get("postprocess", True), report.get("seed", 0))
+    options = evaluation_options(report.get("tta", False), report.get("postprocess", True), report.get("seed", 0),
+                                 report.get("samples", 1))
     metrics.setdefault("evaluations", {})[evaluation_key(report["split"], report["steps"], options)] = {
         "data": report["data"], "n_cases": report["n_cases"], "device": report["device"],
         "seconds_per_case": report["seconds_per_case"], "summary": report["summary"],
@@ -126,8 +129,9 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
 def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
-                      postprocess=not args.no_postprocess, seed=args.seed)
-    print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}, "
+                      postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples)
+    print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}"
+          f"{', %d Markov samples' % report['samples'] if report['samples'] > 1 else ''}, "
           f"{report['n_cases']} {report['split']} "
           f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
     print(markdown_table(report["summary"]))

@@ -5,6 +5,9 @@ read -> check -> slice along the through-plane axis -> normalise -> resample in-
 batches of slices (CUDA with bf16 autocast, or CPU) -> crop -> resample probabilities back (linear) ->
 argmax -> optional largest component per structure -> label image on exactly the input's voxel grid.
 
+With ``samples`` > 1, DSSM's Markov chain runs that many times per slice, each chain from its own noise, and the
+fused latents are averaged before decoding (:meth:`DSSM.forward`).
+
 With test-time augmentation (``tta``) the network also runs on each flip the model was trained with, at
 its own scale and zoomed 1.2x (:attr:`ModelBundle.test_time_passes`), each pass with its own Markov noise;
 the class probabilities are averaged on the native grid before the argmax.
@@ -31,7 +34,7 @@ import torch
 from . import preprocess as pp
 from .bundle import ModelBundle
 from .errors import Cancelled, DSSMError
-from .imageio import label_image_like, spacing_zyx, to_channels
+from .imageio import label_image_like
 from .networks import optimize_for_inference
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction of the whole case done)
@@ -138,17 +141,6 @@ def keep_largest_component(labels: np.ndarray, values) -> np.ndarray:
     return out
 
 
-def prepare_slices(image: sitk.Image, bundle: ModelBundle, name: str = "image") -> tuple:
-    """Check an image and cut it into normalised slices as the model expects: (slices (S, C, H, W) float32, the
-    slice axis, the in-plane size the network works at)."""
-    prep = bundle.preprocessing
-    array = to_channels(image, bundle.architecture.in_channels, name)
-    spacing = spacing_zyx(image)
-    axis = pp.slice_axis(spacing, array.shape[1:])
-    slices, inplane = pp.to_slices(pp.normalize(array, prep.percentiles), spacing, axis)
-    return slices, axis, prep.target_shape(slices.shape[-2:], inplane)
-
-
 def zoomed_sizes(prep, target, zoom: float) -> tuple:
     """At a test-time ``zoom``: the in-plane size to resample slices to, and the minimum padded size (the
     training field of view, scaled with the pixels) or None."""
@@ -156,14 +148,30 @@ def zoomed_sizes(prep, target, zoom: float) -> tuple:
     return size, (prep.min_size and [m * zoom for m in prep.min_size])
 
 
+def chain_generators(seed: int, first_slice: int, n: int, pass_index: int, samples: int,
+                     device: torch.device) -> list:
+    """One seeded generator per slice and Markov sample, sample-major (as :meth:`DSSM.forward` batches the
+    chains): the noise of a slice depends on its index, the test-time pass and the sample only, never on the
+    batching. Sample 0 of pass 0 is seeded ``seed + slice index``."""
+    return [torch.Generator(device=device).manual_seed(
+                seed + first_slice + j + 1_000_003 * pass_index + 7_000_003 * s)
+            for s in range(samples) for j in range(n)]
+
+
 class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
-    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False) -> None:
+    def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False,
+                 samples: int = 1) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
         self.tta = bool(tta)
+        samples = int(samples)
+        if samples < 1:
+            raise DSSMError("--samples must be 1 or more")
+        # Markov chains per slice, each from its own noise, whose latents are averaged (DSSM at K > 0 only)
+        self.samples = samples if bundle.architecture.kind == "dssm" else 1
         self.test_time_passes = bundle.test_time_passes  # (zoom, flip dims), grouped by zoom
         # ``network`` is the model exactly as the bundle holds it (saving it gives the same file back); the
         # segmentation runs on a copy prepared for speed - BatchNorm folded into the convolutions and
@@ -201,7 +209,8 @@ class Segmenter:
 
         with clock("preprocess"):
             report("preprocess", 0.0)
-            slices, axis, target = prepare_slices(image, self.bundle, name)
+            slices, axis, target = pp.prepare_slices(image, self.bundle.preprocessing,
+                                                       self.bundle.architecture.in_channels, name)
             shape_hw = slices.shape[-2:]
         labels = np.zeros((slices.shape[0], *shape_hw), dtype=np.uint8)
         try:
@@ -232,6 +241,7 @@ class Segmenter:
         network = self.inference_network
         n = slices.shape[0]
         several_zooms = len({zoom for zoom, _ in passes}) > 1
+        samples = self.samples if steps > 0 else 1
         with torch.inference_mode(), autocast:
             for start in range(0, n, self.batch_size):
                 check_cancel()
@@ -259,10 +269,10 @@ class Segmenter:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with clock("network"):
                         # one generator per slice: the noise of slice i is the same however slices are batched
-                        generators = [torch.Generator(device=device).manual_seed(seed + start + j + 1_000_003 * k)
-                                      for j in range(b)] if steps > 0 else None
                         logits = torch.cat([
-                            network(x[i:i + chunk], steps=steps, generator=generators and generators[i:i + chunk],
+                            network(x[i:i + chunk], steps=steps, samples=samples,
+                                    generator=chain_generators(seed, start + i, min(chunk, b - i), k, samples,
+                                                               device) if steps > 0 else None,
                                     step_callback=partial(on_step, done=i, size=min(chunk, b - i)))
                             for i in range(0, b, chunk)])[..., top:top + h, left:left + w]
                         if dims:

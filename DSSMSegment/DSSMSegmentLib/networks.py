@@ -290,7 +290,7 @@ class DiscriminativeBaseline(nn.Module):
         self.head = nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
 
     def forward(self, x: torch.Tensor, steps: int = 0, generator: Generators = None,
-                step_callback=None) -> torch.Tensor:
+                step_callback=None, samples: int = 1) -> torch.Tensor:
         features, _ = self.semantic(x)
         return self.head(F.leaky_relu(features, 0.01))
 
@@ -348,12 +348,13 @@ class DSSM(nn.Module):
 
     # -- inference -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
-                step_callback=None) -> torch.Tensor:
+                step_callback=None, samples: int = 1) -> torch.Tensor:
         """Segment a batch of slices; returns log-posterior logits (B, C, H, W).
 
         ``steps = 0``: Bayesian head with the first prediction as its prior. ``steps = K > 0``: the stable
         Markov chain of :class:`~DSSMSegmentLib.sampler.MarkovSampler`, started from the noised latent of the
-        first prediction; the fused ``z0`` decodes to the prior.
+        first prediction; the fused ``z0`` decodes to the prior. ``samples = S > 1`` runs S chains per slice from
+        independent noise (``generator``: S x B generators, sample-major) and averages their fused ``z0``.
 
         This is the same computation as :meth:`denoise` and :meth:`posterior` (which training uses), organised
         for inference: every slice of a batch is at the same timestep, so the timestep embedding is computed
@@ -361,7 +362,7 @@ class DSSM(nn.Module):
         the Bayesian head runs fused and chunked (:meth:`BayesianHead.refine`).
         """
         if torch.is_grad_enabled():  # differentiable: the plain composition of the public pieces
-            return self._forward_reference(x, steps, generator, step_callback)
+            return self._forward_reference(x, steps, generator, step_callback, samples)
         features, quarter = self.semantic(x)
         first = self._first_logits(features)
         first_prob = torch.softmax(first, dim=1)
@@ -370,13 +371,13 @@ class DSSM(nn.Module):
         if steps <= 0:
             return self._refine(features, base, z_first, torch.log_softmax(first, dim=1))
         del first_prob
-        sampler = MarkovSampler(self.schedule, steps, self.cfg.markov_start)
-        z_hat = sampler.run(lambda z, t: self._denoise_precomputed(base, z, t), z_first, generator, step_callback)
+        z_hat = self._markov_latent(self._denoise_precomputed, base, z_first, steps, generator, step_callback,
+                                    samples)
         prior = torch.log_softmax(self.autoencoder.decode(z_hat.to(x.dtype)).float(), dim=1)
         return self._refine(features, base, z_hat, prior)
 
     def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
-                           step_callback=None) -> torch.Tensor:
+                           step_callback=None, samples: int = 1) -> torch.Tensor:
         """:meth:`forward` written with :meth:`denoise` and :meth:`posterior` only (the original formulation)."""
         features, quarter = self.semantic(x)
         first = self.first_head(F.leaky_relu(features, 0.01)).float()
@@ -384,10 +385,23 @@ class DSSM(nn.Module):
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))
         if steps <= 0:
             return self.posterior(features, quarter, z_first, torch.log_softmax(first, dim=1))
-        sampler = MarkovSampler(self.schedule, steps, self.cfg.markov_start)
-        z_hat = sampler.run(lambda z, t: self.denoise(quarter, z, t), z_first, generator, step_callback)
+        z_hat = self._markov_latent(self.denoise, quarter, z_first, steps, generator, step_callback, samples)
         prior = torch.log_softmax(self.autoencoder.decode(z_hat.to(x.dtype)).float(), dim=1)
         return self.posterior(features, quarter, z_hat, prior)
+
+    def _markov_latent(self, denoise, cond: torch.Tensor, z_first: torch.Tensor, steps: int, generator: Generators,
+                       step_callback, samples: int) -> torch.Tensor:
+        """The fused ``z0`` of the Markov chain(s): ``samples`` chains from independent noise run side by side as
+        one batch (sample-major, so ``generator`` holds one generator per sample and slice), and their fused
+        latents are averaged - a Monte Carlo estimate of the chain's expected latent."""
+        sampler = MarkovSampler(self.schedule, steps, self.cfg.markov_start)
+        samples = max(1, int(samples))
+        if samples == 1:
+            return sampler.run(lambda z, t: denoise(cond, z, t), z_first, generator, step_callback)
+        cond_n = torch.cat([cond] * samples)
+        z_all = sampler.run(lambda z, t: denoise(cond_n, z, t), torch.cat([z_first] * samples), generator,
+                            step_callback)
+        return z_all.view(samples, *z_first.shape).mean(0)
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
         """``first_head(leaky_relu(features))`` in float32, slice by slice on CPU so that the activated copy of

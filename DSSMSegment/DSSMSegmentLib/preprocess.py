@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .imageio import spacing_zyx, to_channels
 from .plan import Preprocessing  # noqa: F401  (re-exported: the recorded preprocessing decisions)
 
 
@@ -54,6 +55,17 @@ def normalize(array_czyx: np.ndarray, percentiles: Sequence[float]) -> np.ndarra
         mean, std = float(clipped.mean()), float(clipped.std())
         out[c] = (clipped - mean) / max(std, 1e-6)
     return out
+
+
+def prepare_slices(image, prep: Preprocessing, in_channels: int, name: str = "image") -> tuple:
+    """Check an image (SimpleITK) and cut it into normalised slices as the model expects, for inference and for
+    the training cache alike: (slices (S, C, H, W) float32, the slice axis, the in-plane size the network
+    works at)."""
+    array = to_channels(image, in_channels, name)
+    spacing = spacing_zyx(image)
+    axis = slice_axis(spacing, array.shape[1:])
+    slices, inplane = to_slices(normalize(array, prep.percentiles), spacing, axis)
+    return slices, axis, prep.target_shape(slices.shape[-2:], inplane)
 
 
 def resize(slices: torch.Tensor, shape_hw: Sequence[int], mode: str = "bilinear") -> torch.Tensor:

@@ -40,6 +40,7 @@ MODULE_DIRECTORY = Path(__file__).resolve().parents[1]
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 MAX_STEPS = 50  # the panel's upper limit for K
+MAX_SAMPLES = 16  # the panel's upper limit for Markov samples
 SOURCE_TAG = "DSSMSegment.Source"  # "<model name>:<label value>" on each segment DSSM made
 CHECKSUM_TAG = "DSSMSegment.Checksum"  # checksum of that segment's voxels as DSSM wrote them
 
@@ -66,12 +67,13 @@ def modelDescription(bundle: "ModelBundle") -> str:
     swatches = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>&nbsp;{escape(label.name)}'
                 for label in bundle.labels for r, g, b in [label.color]]
     lines.append("Labels: " + ", ".join(swatches))
-    dice, flipped = bundle.validation_dice(), bundle.validation_dice(tta=True)
+    dice = bundle.validation_dice()
     if dice:
         lines.append("Validation Dice: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in dice.items()))
-        if flipped:
-            lines.append("With test-time augmentation: " + ", ".join(f"{escape(name)} {value:.3f}"
-                                                                for name, value in flipped.items()))
+        for setting, other in (("With 4 Markov samples", bundle.validation_dice(samples=4)),
+                               ("With test-time augmentation", bundle.validation_dice(tta=True))):
+            if other:
+                lines.append(f"{setting}: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in other.items()))
     else:
         lines.append("No validation metrics recorded for this model yet.")
     return "<br>".join(lines)
@@ -186,6 +188,7 @@ class SegmentationRequest:
     outputSegmentation: object = None
     overwriteEdited: bool = False
     testTimeAugmentation: bool = False  # average over the model's test-time passes (flips and zooms)
+    samples: int = 1  # Markov chains per slice, their latents averaged
 
 
 @dataclass
@@ -283,7 +286,7 @@ class DSSMSegmentLogic:
         workDirectory = Path(tempfile.mkdtemp(prefix="DSSMSegment-"))
         job = SegmentationJob(request, bundle, workDirectory, [], workerEnvironment(str(MODULE_DIRECTORY)))
         job.command = workerCommand(self.python, str(bundle.path), str(job.inputPath), str(job.outputPath),
-                                    request.steps, request.device, request.testTimeAugmentation)
+                                    request.steps, request.device, request.testTimeAugmentation, request.samples)
         # A storage node outside the scene: the volume keeps its own storage node and file name.
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(job.inputPath))

@@ -10,7 +10,7 @@ from typing import Annotated, Union
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLVectorVolumeNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
-from .Logic import MAX_STEPS, Device
+from .Logic import MAX_SAMPLES, MAX_STEPS, Device
 
 MODULE_NAME = "DSSMSegment"
 
@@ -21,6 +21,7 @@ class DSSMSegmentParameters:
     inputVolume - the volume to segment (scalar, or vector for RGB images).
     model - name of the model bundle.
     steps - Markov steps K; set to the model's default when the model changes.
+    samples - Markov chains per slice, averaged (1: fastest).
     testTimeAugmentation - also segment the image flipped and zoomed as in training, and average (slower).
     device - auto, CPU or GPU.
     outputSegmentation - the segmentation to update; None creates a new one on the next run.
@@ -30,6 +31,7 @@ class DSSMSegmentParameters:
     inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
     model: str = ""
     steps: Annotated[int, WithinRange(0, MAX_STEPS)] = 4
+    samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = 1
     testTimeAugmentation: bool = False
     device: Device = Device.AUTO
     outputSegmentation: vtkMRMLSegmentationNode

@@ -200,7 +200,7 @@ def workerEnvironment(moduleDirectory: str) -> Dict[str, str]:
 
 
 def workerCommand(python: str, model: str, inputPath: str, outputPath: str, steps: Optional[int],
-                  device: str, testTimeAugmentation: bool = False) -> List[str]:
+                  device: str, testTimeAugmentation: bool = False, samples: int = 1) -> List[str]:
     """The command line that runs :mod:`.Worker` with ``python``."""
     command = [python, "-m", "DSSMSegmentSlicerLib.Worker", "--model", model, "--input", inputPath,
                "--output", outputPath, "--device", device]
@@ -208,6 +208,8 @@ def workerCommand(python: str, model: str, inputPath: str, outputPath: str, step
         command += ["--steps", str(int(steps))]
     if testTimeAugmentation:
         command.append("--tta")
+    if samples != 1:
+        command += ["--samples", str(int(samples))]
     return command
 
 

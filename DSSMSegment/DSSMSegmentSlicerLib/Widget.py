@@ -251,7 +251,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
                 return
         request = SegmentationRequest(parameters.inputVolume, parameters.model, parameters.steps,
                                       parameters.device.value, parameters.outputSegmentation, overwrite,
-                                      parameters.testTimeAugmentation)
+                                      parameters.testTimeAugmentation, parameters.samples)
         try:
             job = self.logic.prepare(request)
         except DSSMError as error:

@@ -1,7 +1,7 @@
 """The child-process side of a Slicer run: segment one image file with the engine, reporting as it goes.
 
 Run as ``python -m DSSMSegmentSlicerLib.Worker --model NAME --input IN.nrrd --output OUT.nrrd
-[--steps K] [--device auto|cpu|cuda] [--tta]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor
+[--steps K] [--samples S] [--device auto|cpu|cuda] [--tta]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor
 Slicer, so Slicer's ``PythonSlicer`` or any Python with the engine's requirements can run it.
 
 Every line it prints on stdout is one JSON event, which :mod:`.Process` parses:
@@ -43,6 +43,7 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="Markov steps K (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and zooms")
+    parser.add_argument("--samples", type=int, default=1, help="Markov chains per slice, averaged")
     return parser
 
 
@@ -54,7 +55,7 @@ def segmentFile(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     emit("progress", stage="loading model", fraction=0.0)
-    segmenter = Segmenter(resolve_model(args.model), device=args.device, tta=args.tta)
+    segmenter = Segmenter(resolve_model(args.model), device=args.device, tta=args.tta, samples=args.samples)
     emit("progress", stage="reading image", fraction=0.0)
     image = read_image(Path(args.input))
     labels = segmenter.segment(image, steps=args.steps, name=Path(args.input).name,
