@@ -135,13 +135,14 @@ class ModelBundle:
     def validation_dice(self, tta: bool = False, samples: int = 1) -> dict:
         """Mean validation Dice per structure at the default K as ``dssm evaluate --update-bundle`` recorded it
         (empty if it was not); ``tta``: the evaluation with test-time augmentation; ``samples``: with that many
-        Markov samples per slice."""
+        Markov samples per slice. Read from the full-precision evaluation (``metrics.evaluations``), so that a
+        value rounded for display agrees with the README's tables; ``metrics.dice`` (4 decimals) otherwise."""
         metrics = self.metrics if isinstance(self.metrics, dict) else {}
-        if not tta and samples == 1:
-            return dict(metrics.get("dice", {}))
         key = evaluation_key("val", self.default_steps, evaluation_options(tta=tta, samples=samples))
         entry = metrics.get("evaluations", {}).get(key)
-        return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()} if entry else {}
+        if entry:
+            return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()}
+        return dict(metrics.get("dice", {})) if not tta and samples == 1 else {}
 
     def load_network(self, device: "torch.device") -> "torch.nn.Module":
         """Build the network and load its weights after checking the file's sha256."""

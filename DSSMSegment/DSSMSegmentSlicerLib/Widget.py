@@ -217,6 +217,11 @@ class Widget(qt.QWidget, VTKObservationMixin):
             self.ui.segmentButton.toolTip = "Segment the input volume with the chosen model."
         for widget in (self.ui.inputsCollapsibleButton, self.ui.outputCollapsibleButton, self.ui.installButton):
             widget.enabled = not running
+        # K and the samples only mean something for a DSSM model (a baseline has no chain), the samples only at K > 0
+        bundle = self._models.get(parameters.model) if parameters else None
+        hasChain = bool(bundle and bundle.architecture.kind == "dssm")
+        self.ui.stepsSpinBox.enabled = hasChain
+        self.ui.samplesSpinBox.enabled = hasChain and parameters.steps > 0
         hasResult = bool(parameters and parameters.outputSegmentation)
         self.ui.editButton.enabled = hasResult and not running
         self.ui.show3DButton.enabled = hasResult
