@@ -34,7 +34,7 @@ def _add_segment(sub) -> None:
                         "trained, and average (4-10x the network time)")
     p.add_argument("--samples", type=int, default=1,
                    help="Markov chains per slice, each from its own noise; their latents are averaged (DSSM at "
-                        "K > 0 only; 4 samples: about 1.7x the time of one)")
+                        "K > 0 only; 4 samples: about 1.8x the time of one)")
     p.add_argument("--timings", default=None, help="write per-case timings to this JSON file")
 
 
