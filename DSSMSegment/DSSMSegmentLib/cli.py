@@ -143,7 +143,7 @@ def cmd_segment(args) -> int:
     load_seconds = time.perf_counter() - t_load
     out_dir = Path(args.output)
     report = {"model": segmenter.bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
-              "tta": segmenter.tta, "cases": []}
+              "tta": segmenter.tta, "samples": segmenter.samples, "cases": []}
     for path in tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2):
         timings = Timings()
         t0 = time.perf_counter()
