@@ -661,7 +661,7 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         names = list(kruns[-1]["stages"])
         entry = {
             "device": str(device), "case": case["name"], "method": method, "model": model,
-            "steps": spec["naive_steps"] if method == "naive" else k, "samples": segmenter.samples if k else 1,
+            "steps": spec["naive_steps"] if method == "naive" else k, "samples": segmenter.samples_at(k),
             "slices": slices,
             "time_s": _summary(totals), "network_s": _summary([r["network"] for r in kruns]),
             "cold_s": cold[k], "stages_s": {n: statistics.median(r["stages"].get(n, 0.0) for r in kruns) for n in names},
@@ -675,9 +675,9 @@ def _measure(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         results.append(entry)
     # FLOPs per slice, on the first network input slice of this case (with TTA: every pass, at its zoom)
     image = load_image()
-    x = _network_input(segmenter, image)
-    passes = segmenter.test_time_passes if segmenter.tta else [(1.0, ())]
-    inputs = {zoom: _network_input(segmenter, image, zoom) for zoom, _ in passes}
+    passes = segmenter.passes()
+    inputs = {zoom: _network_input(segmenter, image, zoom) for zoom, _ in passes}  # every pass list has zoom 1
+    x = inputs[1.0]
     net = _inference_network(segmenter)
     with torch.inference_mode(), _autocast(device):
         for entry in results:

@@ -58,7 +58,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         cases = cases[:limit]
     segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples)
     k = bundle.default_steps if steps is None else int(steps)
-    samples = segmenter.samples if k > 0 else 1  # what ran (K = 0 has no chain; a baseline has none)
+    samples = segmenter.samples_at(k)  # what ran (K = 0 has no chain; a baseline has none)
     structures = structures_of(bundle)
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)

@@ -182,6 +182,15 @@ class Segmenter:
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
 
+    def passes(self, tta: Optional[bool] = None) -> list:
+        """The ``(zoom, flip dims)`` passes a segmentation runs: the bundle's test-time passes with ``tta``
+        (default: as the Segmenter was created), else the plain one."""
+        return self.test_time_passes if (self.tta if tta is None else tta) else [(1.0, ())]
+
+    def samples_at(self, steps: int) -> int:
+        """Markov chains per slice that actually run at ``steps`` (K = 0 has no chain, so one pass)."""
+        return self.samples if steps > 0 else 1
+
     @property
     def inference_network(self):
         """The network that :meth:`segment` runs: the speed-prepared copy of :attr:`network`, or
@@ -196,7 +205,7 @@ class Segmenter:
         """Segment one image; returns a uint8 label image on the input's exact grid. ``tta``: average over the
         model's test-time passes (default: as the Segmenter was created)."""
         steps = self.bundle.default_steps if steps is None else int(steps)
-        passes = self.test_time_passes if (self.tta if tta is None else tta) else [(1.0, ())]
+        passes = self.passes(tta)
         if steps < 0:
             raise DSSMError("--steps must be 0 or more")
         timings = timings if timings is not None else Timings()
@@ -241,7 +250,7 @@ class Segmenter:
         network = self.inference_network
         n = slices.shape[0]
         several_zooms = len({zoom for zoom, _ in passes}) > 1
-        samples = self.samples if steps > 0 else 1
+        samples = self.samples_at(steps)
         with torch.inference_mode(), autocast:
             for start in range(0, n, self.batch_size):
                 check_cancel()

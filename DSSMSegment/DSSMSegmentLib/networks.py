@@ -396,12 +396,10 @@ class DSSM(nn.Module):
         latents are averaged - a Monte Carlo estimate of the chain's expected latent."""
         sampler = MarkovSampler(self.schedule, steps, self.cfg.markov_start)
         samples = max(1, int(samples))
-        if samples == 1:
-            return sampler.run(lambda z, t: denoise(cond, z, t), z_first, generator, step_callback)
-        cond_n = torch.cat([cond] * samples)
-        z_all = sampler.run(lambda z, t: denoise(cond_n, z, t), torch.cat([z_first] * samples), generator,
-                            step_callback)
-        return z_all.view(samples, *z_first.shape).mean(0)
+        if samples > 1:
+            cond, z_first = torch.cat([cond] * samples), torch.cat([z_first] * samples)
+        z_all = sampler.run(lambda z, t: denoise(cond, z, t), z_first, generator, step_callback)
+        return z_all.view(samples, -1, *z_all.shape[1:]).mean(0)
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
         """``first_head(leaky_relu(features))`` in float32, slice by slice on CPU so that the activated copy of
