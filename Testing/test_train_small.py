@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +20,11 @@ from safetensors import safe_open
 from conftest import PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm, same_grid
 from DSSMSegmentLib import cli
 from DSSMSegmentLib.bundle import ModelBundle
-from DSSMSegmentLib.datasets import load_cache
+from DSSMSegmentLib.datasets import Case, load_cache, split_cases
 from DSSMSegmentLib.imageio import read_image
 from DSSMSegmentLib.inference import Segmenter
 from DSSMSegmentLib.recipes import get_recipe
+from DSSMSegmentLib.training import TrainConfig, training_split
 
 TINY = ["--recipe", "prostate-t2-mri", "--widths", "8,16,32,64", "--batch-size", "2", "--device", "cpu"]
 LABEL_NAMES = ["transition zone", "peripheral zone"]
@@ -164,3 +166,39 @@ def test_train_on_an_unavailable_device_is_an_error(device, tmp_path, capfd) -> 
     line = assert_one_error_line(code, capfd.readouterr().err)
     assert ("no CUDA GPU" in line) if device.startswith("cuda") else ("unknown device" in line), line
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache.npz").exists()
+
+
+def _a_seed_with_another_split(patients, groups, recipe) -> int:
+    """A seed whose stratified split differs from seed 0's, so that a test of split-keeping can fail."""
+    cases = [Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0]) for p in patients]
+    first = split_cases(cases, recipe["val_fraction"], seed=0)
+    return next(s for s in range(1, 100) if split_cases(cases, recipe["val_fraction"], seed=s) != first)
+
+
+def test_fine_tune_keeps_the_source_split_whatever_the_seed(dssm_run, tmp_path) -> None:
+    """``--init`` trains on the source bundle's training cases only, even with another ``--seed`` (which once
+    re-drew the split and put the source's validation cases into training), and records the whole history."""
+    data = load_cache(dssm_run / "cache.npz")
+    patients = sorted(set(data.patients.tolist()))
+    groups = dict(zip(data.patients.tolist(), data.groups.tolist()))
+    recipe = get_recipe("prostate-t2-mri")
+    seed = _a_seed_with_another_split(patients, groups, recipe)
+    source = dssm_run / "bundle" / "prostate-t2-mri"
+    source_training = json.loads((source / "model.json").read_text())["training"]
+
+    proc = run_dssm(["train", *TINY, "--init", source, "--seed", seed, "--split-seed", seed, "--iterations", "2",
+                     "--val-every", "1", "--out", "tuned", "--cache", dssm_run / "cache.npz"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    training = json.loads((tmp_path / "tuned" / "bundle" / "prostate-t2-mri" / "model.json").read_text())["training"]
+    assert training["split"] == source_training["split"]
+    assert training["split_seed"] == source_training["split_seed"] == 0 and training["seed"] == seed
+    assert training["warm_start_from"] == str(source)
+    assert [s["iterations"] for s in training["earlier_stages"]] == [4] and "split" not in training["earlier_stages"][0]
+
+    # without --init, --seed seeds the weights and augmentation only; --split-seed draws the split
+    plain = training_split(TrainConfig(recipe="prostate-t2-mri", out=tmp_path, seed=seed), recipe, patients, groups)
+    assert plain == (source_training["split"], 0)
+    other, split_seed = training_split(TrainConfig(recipe="prostate-t2-mri", out=tmp_path, split_seed=seed), recipe,
+                                       patients, groups)
+    assert split_seed == seed and other != source_training["split"]
+    assert sorted(other["train"] + other["val"]) == patients and not set(other["train"]) & set(other["val"])

@@ -49,7 +49,9 @@ def _add_train(sub) -> None:
     p.add_argument("--minutes", type=float, default=0.0, help="budget in minutes of training time")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the validation split (a fine-tune with --init keeps its source bundle's split)")
     p.add_argument("--widths", default=None, help="U-Net widths, e.g. 8,16,32,64")
     p.add_argument("--val-patients", default=None, help="comma-separated validation patients (overrides the split)")
     p.add_argument("--val-every", type=float, default=0.1, help="fraction of the budget between validations")
@@ -182,7 +184,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         recipe=args.recipe, out=Path(args.out), kind="baseline" if args.baseline else "dssm", data=args.data,
         cache=Path(args.cache) if args.cache else None, iterations=args.iterations, minutes=args.minutes,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_seed=args.split_seed,
         widths=[int(w) for w in args.widths.split(",")] if args.widths else None,
         val_patients=args.val_patients.split(",") if args.val_patients else None, val_every=args.val_every,
         device=args.device, default_steps=args.steps, name=args.name,

@@ -45,7 +45,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    seed: int = 0
+    seed: int = 0  # weights and augmentation
+    split_seed: int = 0  # the validation split of a fresh training (a fine-tune keeps its source's split)
     widths: Optional[List[int]] = None
     val_patients: Optional[List[str]] = None  # explicit validation split (e.g. one fold of leave-one-out)
     val_every: float = 0.1  # fraction of the budget between validations
@@ -173,6 +174,28 @@ def _setup_distributed(device_request: str):
     return world, rank, device
 
 
+def training_split(cfg: TrainConfig, recipe: dict, patients: List[str], groups: dict) -> tuple:
+    """``({"train": [...], "val": [...]}, split seed)`` of the cached ``patients``.
+
+    ``--val-patients`` names the validation cases. A fine-tune (``--init``) keeps the split its source bundle
+    was trained with, so that the source's validation cases are never trained on (a new split would put some
+    of them into training, and their Dice would then be inflated). Otherwise the recipe's stratified split by
+    ``--split-seed``, independent of ``--seed``, which seeds only the weights and the augmentation."""
+    if cfg.val_patients:
+        val = sorted(p for p in patients if p in cfg.val_patients or p.split(":")[-1] in cfg.val_patients)
+        return {"train": [p for p in patients if p not in val], "val": val}, None
+    if cfg.init is not None:
+        from .bundle import ModelBundle
+
+        source = ModelBundle(Path(cfg.init)).meta.get("training", {})
+        if source.get("split"):
+            held_out = set(source["split"].get("val", []))
+            return ({"train": [p for p in patients if p not in held_out],
+                     "val": [p for p in patients if p in held_out]}, source.get("split_seed"))
+    cases = [Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0]) for p in patients]
+    return split_cases(cases, recipe["val_fraction"], seed=cfg.split_seed), cfg.split_seed
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     """Train (or resume) a model; returns the bundle folder when the budget is done, else None."""
     if cfg.iterations <= 0 and cfg.minutes <= 0:
@@ -196,12 +219,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     data = load_cache(cache_path)
     patients = sorted(set(data.patients.tolist()))
     groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
-    if cfg.val_patients:
-        val = sorted(p for p in patients if p in cfg.val_patients or p.split(":")[-1] in cfg.val_patients)
-        split = {"train": [p for p in patients if p not in val], "val": val}
-    else:
-        split = split_cases([Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0])
-                             for p in patients], recipe["val_fraction"], seed=cfg.seed)
+    split, split_seed = training_split(cfg, recipe, patients, groups)
     train_data, val_data = data.subset(split["train"]), data.subset(split["val"])
     if len(train_data.images) == 0:
         raise DSSMError("the training split is empty")
@@ -312,7 +330,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         bar.close()
     bundle_dir = None
     if rank == 0:
-        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, world)
+        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, state, log_path, device, world)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -340,7 +358,22 @@ def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, 
                 "iteration": state["iteration"], "train_seconds": state["train_seconds"]}, ckpt_path)
 
 
-def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, world) -> Path:
+def _earlier_stages(init: Optional[Path]) -> list:
+    """The training record of a fine-tune's source bundle and of its own sources, oldest first, without the
+    split (the fine-tune keeps it), so that a bundle tells its whole training history."""
+    if init is None:
+        return []
+    from .bundle import ModelBundle
+
+    source = dict(ModelBundle(Path(init)).meta.get("training", {}))
+    if not source:
+        return []
+    earlier = source.pop("earlier_stages", None) or []
+    source.pop("split", None)
+    return earlier + [source]
+
+
+def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, state, log_path, device, world) -> Path:
     name = cfg.name or (cfg.recipe if cfg.kind == "dssm" else f"{cfg.recipe}-baseline")
     rows = list(csv.DictReader(open(log_path)))
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -356,13 +389,14 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, state, log_path, device, 
         "postprocessing": recipe.get("postprocessing", {}),
         "structures": recipe.get("structures", {}),
         "training": {
-            "recipe": cfg.recipe, "data": cfg.data or recipe["data"], "split_seed": cfg.seed,
+            "recipe": cfg.recipe, "data": cfg.data or recipe["data"], "split_seed": split_seed, "seed": cfg.seed,
             "split": split, "iterations": state["iteration"], "batch_size": cfg.batch_size * world,
             "train_minutes": round(state["train_seconds"] / 60, 2), "hardware": hardware, "processes": world,
             "augment": recipe["augment"], "crop": recipe["crop"], "lr": cfg.lr,
             "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
             "torch": torch.__version__,
             "warm_start_from": str(cfg.init) if cfg.init else None,
+            "earlier_stages": _earlier_stages(cfg.init),
         },
         "metrics": {},
     }
