@@ -1,6 +1,7 @@
 """Print the README's accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
-slice, and the spread over Markov noise seeds.
+slice, each model before and after the same extra CPU training for DSSM and its baseline
+(``scripts/cpu_finetune.sh``), and the spread over Markov noise seeds.
 
 The numbers are those written by ``scripts/evaluate_all.sh`` and ``scripts/prostate_loocv.sh``
 (``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/results_table.py
@@ -30,6 +31,10 @@ FOLD_ROWS = {"K4": "dssm", "K0": "dssm-K0", "K4-tta": "dssm-tta", "baseline": "b
              "baseline-tta": "baseline-tta"}
 SAMPLE_ROWS = ("K4", "K4-s4", "K0", "baseline")
 SAMPLE_FOLD_ROWS = {"K4-s4": "dssm-s4"}
+# scripts/cpu_finetune.sh: each model before and after the same extra CPU iterations for DSSM and baseline
+FINETUNE_ROWS = ("K4", "cpu-ft/K4", "K4-s4", "cpu-ft/K4-s4", "K0", "cpu-ft/K0", "baseline", "cpu-ft/baseline")
+FINETUNE_HEADER = ["model", "structure", "DSSM K=4", "after", "DSSM K=4, 4 samples", "after", "DSSM K=0", "after",
+                   "baseline", "after"]
 SAMPLE_HEADER = ["model", "structure", "DSSM K=4", "DSSM K=4, 4 samples", "DSSM K=0", "baseline"]
 HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA", "baseline", "baseline + TTA",
           "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
@@ -49,7 +54,7 @@ def rows_for(model: str, rows=ROWS, extra=True):
     """One line per structure (and dataset) of ``model``: the Dice of each of ``rows``; with ``extra``, the
     paper and the HD95 columns of the main table."""
     reports = {row: load(ROOT / model / row / "metrics.json") for row in rows}
-    k4 = reports["K4"]
+    k4 = reports[rows[0]]  # lists the structures
     if not k4:
         return []
     groups = [(name, None) for name in k4["by_dataset"]] if k4.get("by_dataset") else [(None, None)]
@@ -148,6 +153,12 @@ def main() -> None:
                for row in rows_for(model, SAMPLE_ROWS, extra=False)] + loocv_rows(SAMPLE_ROWS, extra=False)
     print("\nDSSM with 4 Markov samples per slice (--samples 4):\n")
     table(SAMPLE_HEADER, samples)
+    finetuned = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
+                 if (ROOT / model / "cpu-ft" / "K4" / "metrics.json").exists()
+                 for row in rows_for(model, FINETUNE_ROWS, extra=False)]
+    if finetuned:
+        print("\nBefore and after the same extra CPU training for DSSM and baseline (scripts/cpu_finetune.sh):\n")
+        table(FINETUNE_HEADER, finetuned)
     seeds = seed_rows()
     if seeds:
         print("\nDSSM K = 4, Markov noise seeds 0, 1, ...:\n")
