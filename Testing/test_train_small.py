@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from safetensors import safe_open
 from conftest import PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm, same_grid
 from DSSMSegmentLib import cli
 from DSSMSegmentLib.bundle import ModelBundle
-from DSSMSegmentLib.datasets import Case, load_cache, split_cases
+from DSSMSegmentLib.datasets import load_cache
 from DSSMSegmentLib.imageio import read_image
 from DSSMSegmentLib.inference import Segmenter
 from DSSMSegmentLib.recipes import get_recipe
@@ -168,11 +167,12 @@ def test_train_on_an_unavailable_device_is_an_error(device, tmp_path, capfd) -> 
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache.npz").exists()
 
 
-def _a_seed_with_another_split(patients, groups, recipe) -> int:
-    """A seed whose stratified split differs from seed 0's, so that a test of split-keeping can fail."""
-    cases = [Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0]) for p in patients]
-    first = split_cases(cases, recipe["val_fraction"], seed=0)
-    return next(s for s in range(1, 100) if split_cases(cases, recipe["val_fraction"], seed=s) != first)
+def _a_seed_with_another_split(patients, groups, recipe, tmp_path) -> int:
+    """A split seed whose stratified split differs from seed 0's, so that a test of split-keeping can fail."""
+    def split(seed):
+        return training_split(TrainConfig(recipe="prostate-t2-mri", out=tmp_path, split_seed=seed), recipe,
+                              patients, groups)[0]
+    return next(s for s in range(1, 100) if split(s) != split(0))
 
 
 def test_fine_tune_keeps_the_source_split_whatever_the_seed(dssm_run, tmp_path) -> None:
@@ -182,7 +182,7 @@ def test_fine_tune_keeps_the_source_split_whatever_the_seed(dssm_run, tmp_path) 
     patients = sorted(set(data.patients.tolist()))
     groups = dict(zip(data.patients.tolist(), data.groups.tolist()))
     recipe = get_recipe("prostate-t2-mri")
-    seed = _a_seed_with_another_split(patients, groups, recipe)
+    seed = _a_seed_with_another_split(patients, groups, recipe, tmp_path)
     source = dssm_run / "bundle" / "prostate-t2-mri"
     source_training = json.loads((source / "model.json").read_text())["training"]
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, intensity, spatial
-from .bundle import save_bundle
+from .bundle import ModelBundle, save_bundle
 from .datasets import CachedData, build_cache, load_cache, split_cases, Case
 from .errors import DSSMError
 from .networks import ArchitectureConfig, build_model
@@ -174,24 +174,22 @@ def _setup_distributed(device_request: str):
     return world, rank, device
 
 
-def training_split(cfg: TrainConfig, recipe: dict, patients: List[str], groups: dict) -> tuple:
+def training_split(cfg: TrainConfig, recipe: dict, patients: List[str], groups: dict,
+                   source_training: Optional[dict] = None) -> tuple:
     """``({"train": [...], "val": [...]}, split seed)`` of the cached ``patients``.
 
-    ``--val-patients`` names the validation cases. A fine-tune (``--init``) keeps the split its source bundle
-    was trained with, so that the source's validation cases are never trained on (a new split would put some
-    of them into training, and their Dice would then be inflated). Otherwise the recipe's stratified split by
-    ``--split-seed``, independent of ``--seed``, which seeds only the weights and the augmentation."""
+    ``--val-patients`` names the validation cases. A fine-tune (``--init``; ``source_training`` is the
+    ``training`` record of its source bundle) keeps the split its source bundle was trained with, so that the
+    source's validation cases are never trained on (a new split would put some of them into training, and
+    their Dice would then be inflated). Otherwise the recipe's stratified split by ``--split-seed``,
+    independent of ``--seed``, which seeds only the weights and the augmentation."""
     if cfg.val_patients:
         val = sorted(p for p in patients if p in cfg.val_patients or p.split(":")[-1] in cfg.val_patients)
         return {"train": [p for p in patients if p not in val], "val": val}, None
-    if cfg.init is not None:
-        from .bundle import ModelBundle
-
-        source = ModelBundle(Path(cfg.init)).meta.get("training", {})
-        if source.get("split"):
-            held_out = set(source["split"].get("val", []))
-            return ({"train": [p for p in patients if p not in held_out],
-                     "val": [p for p in patients if p in held_out]}, source.get("split_seed"))
+    if source_training and source_training.get("split"):
+        held_out = set(source_training["split"].get("val", []))
+        return ({"train": [p for p in patients if p not in held_out],
+                 "val": [p for p in patients if p in held_out]}, source_training.get("split_seed"))
     cases = [Case("", p.split(":", 1)[1], groups[p], Path(), Path(), p.split(":", 1)[0]) for p in patients]
     return split_cases(cases, recipe["val_fraction"], seed=cfg.split_seed), cfg.split_seed
 
@@ -219,7 +217,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     data = load_cache(cache_path)
     patients = sorted(set(data.patients.tolist()))
     groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
-    split, split_seed = training_split(cfg, recipe, patients, groups)
+    source = ModelBundle(Path(cfg.init)) if cfg.init is not None else None  # a fine-tune's starting bundle
+    source_training = source.meta.get("training", {}) if source is not None else {}
+    split, split_seed = training_split(cfg, recipe, patients, groups, source_training)
     train_data, val_data = data.subset(split["train"]), data.subset(split["val"])
     if len(train_data.images) == 0:
         raise DSSMError("the training split is empty")
@@ -231,11 +231,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         network = network.to(memory_format=torch.channels_last)
-    if cfg.init is not None:
-        from .bundle import ModelBundle
-
-        source = ModelBundle(Path(cfg.init)).load_network(device)
-        network.load_state_dict(source.state_dict())
+    if source is not None:
+        network.load_state_dict(source.load_network(device).state_dict())
         network.train()
     step_module = TrainStep(network)
     if world > 1:
@@ -330,7 +327,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         bar.close()
     bundle_dir = None
     if rank == 0:
-        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, state, log_path, device, world)
+        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training, state, log_path,
+                                   device, world)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -358,22 +356,19 @@ def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, 
                 "iteration": state["iteration"], "train_seconds": state["train_seconds"]}, ckpt_path)
 
 
-def _earlier_stages(init: Optional[Path]) -> list:
-    """The training record of a fine-tune's source bundle and of its own sources, oldest first, without the
-    split (the fine-tune keeps it), so that a bundle tells its whole training history."""
-    if init is None:
+def _earlier_stages(source_training: dict) -> list:
+    """The training record of a fine-tune's source bundle (``source_training``) and of its own sources, oldest
+    first, without the split (the fine-tune keeps it), so that a bundle tells its whole training history."""
+    if not source_training:
         return []
-    from .bundle import ModelBundle
-
-    source = dict(ModelBundle(Path(init)).meta.get("training", {}))
-    if not source:
-        return []
+    source = dict(source_training)
     earlier = source.pop("earlier_stages", None) or []
     source.pop("split", None)
     return earlier + [source]
 
 
-def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, state, log_path, device, world) -> Path:
+def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training, state, log_path, device,
+                  world) -> Path:
     name = cfg.name or (cfg.recipe if cfg.kind == "dssm" else f"{cfg.recipe}-baseline")
     rows = list(csv.DictReader(open(log_path)))
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -396,7 +391,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, state, log_pa
             "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
             "torch": torch.__version__,
             "warm_start_from": str(cfg.init) if cfg.init else None,
-            "earlier_stages": _earlier_stages(cfg.init),
+            "earlier_stages": _earlier_stages(source_training),
         },
         "metrics": {},
     }
