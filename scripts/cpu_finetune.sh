@@ -7,13 +7,12 @@
 # Results: results/MODEL/cpu-ft/{K4,K0,K4-s4,baseline}/metrics.{csv,json}; the bundles in runs/cpu/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DSSM=${DSSM:-.venv/bin/dssm}
+source scripts/common.sh
 model=${1:?usage: cpu_finetune.sh MODEL [ITERATIONS]}
 iterations=${2:-800}
 LR=${LR:-2e-4}
-declare -A DATA=([heart-cine-mri]=acdc [left-atrium-lge-mri]=la2018 [lungs-cxr]=cxr_lung
-                 [skin-lesion-dermoscopy]=isic2018+ph2)
 cache=cache/$model.npz; [ -f "$cache" ] || cache=cache_hold/$model.npz   # built by the first run if missing
+data=$(model_data "$model")
 # both runs side by side on the 2 cores: DSSM with 2 threads, the baseline with 1 (a DSSM iteration costs about
 # twice a baseline's, so they end at similar times)
 OMP_NUM_THREADS=2 $DSSM train --recipe "$model" --init "DSSMSegment/Resources/Models/$model" --cache "$cache" \
@@ -23,7 +22,7 @@ OMP_NUM_THREADS=1 $DSSM train --recipe "$model" --baseline --init "Baselines/$mo
 wait
 out=results/$model/cpu-ft
 tuned=runs/cpu/$model-dssm/bundle/$model
-$DSSM evaluate "${DATA[$model]}" --model "$tuned" -o "$out/K4"
-$DSSM evaluate "${DATA[$model]}" --model "$tuned" --steps 0 -o "$out/K0"
-$DSSM evaluate "${DATA[$model]}" --model "$tuned" --samples 4 -o "$out/K4-s4"
-$DSSM evaluate "${DATA[$model]}" --model "runs/cpu/$model-baseline/bundle/$model-baseline" -o "$out/baseline"
+$DSSM evaluate "$data" --model "$tuned" -o "$out/K4"
+$DSSM evaluate "$data" --model "$tuned" --steps 0 -o "$out/K0"
+$DSSM evaluate "$data" --model "$tuned" --samples 4 -o "$out/K4-s4"
+$DSSM evaluate "$data" --model "runs/cpu/$model-baseline/bundle/$model-baseline" -o "$out/baseline"

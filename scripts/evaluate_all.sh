@@ -8,13 +8,11 @@
 #        prostate: scripts/prostate_loocv.sh).  ROWS="K4 K4-tta" limits the rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DSSM=${DSSM:-.venv/bin/dssm}
+source scripts/common.sh
 ROWS=${ROWS:-"K4 K0 baseline K4-tta baseline-tta K4-s4"}   # also: K4-tta-s4 (TTA and 4 samples)
-declare -A DATA=([heart-cine-mri]=acdc [left-atrium-lge-mri]=la2018 [lungs-cxr]=cxr_lung
-                 [skin-lesion-dermoscopy]=isic2018+ph2)
 models=("$@"); [ ${#models[@]} -gt 0 ] || models=(heart-cine-mri left-atrium-lge-mri lungs-cxr skin-lesion-dermoscopy)
 for m in "${models[@]}"; do
-  d=${DATA[$m]}
+  d=$(model_data "$m")
   for row in $ROWS; do
     case $row in
       K4)           $DSSM evaluate "$d" --model "$m" -o "results/$m/K4" --update-bundle ;;

@@ -5,12 +5,10 @@
 # SAMPLES=4: the same with 4 Markov samples per slice (seed 0 = results/<model>/K4-s4; writes K4-s4-seed<S>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DSSM=${DSSM:-.venv/bin/dssm}
-declare -A DATA=([heart-cine-mri]=acdc [left-atrium-lge-mri]=la2018 [lungs-cxr]=cxr_lung
-                 [skin-lesion-dermoscopy]=isic2018+ph2)
+source scripts/common.sh
 m=$1; n=${2:-4}
 samples=${SAMPLES:-1}
 row=K4; [ "$samples" = 1 ] || row="K4-s$samples"
 for s in $(seq 1 "$n"); do
-  $DSSM evaluate "${DATA[$m]}" --model "$m" --samples "$samples" --seed "$s" -o "results/$m/$row-seed$s"
+  $DSSM evaluate "$(model_data "$m")" --model "$m" --samples "$samples" --seed "$s" -o "results/$m/$row-seed$s"
 done
