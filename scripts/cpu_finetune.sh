@@ -11,7 +11,8 @@ source scripts/common.sh
 model=${1:?usage: cpu_finetune.sh MODEL [ITERATIONS]}
 iterations=${2:-800}
 LR=${LR:-2e-4}
-cache=cache/$model.npz; [ -f "$cache" ] || cache=cache_hold/$model.npz   # built by the first run if missing
+cache=cache/$model.npz
+[ -f "$cache" ] || $DSSM cache --recipe "$model" --out "$cache"   # once, before the two runs share it
 data=$(model_data "$model")
 # both runs side by side on the 2 cores: DSSM with 2 threads, the baseline with 1 (a DSSM iteration costs about
 # twice a baseline's, so they end at similar times)
