@@ -25,6 +25,7 @@ PAPER = {  # Liu et al. 2025, abstract (shared/docs/paper-abstract.md)
     ("skin-lesion-dermoscopy", "isic2018"): 0.8869,
     ("skin-lesion-dermoscopy", "ph2"): 0.9421,
 }
+MODELS = ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")  # with a validation split (prostate: loocv_rows)
 # results/<model>/<row>/ for the validation-split models; results/prostate-t2-mri/loocv/<case>-<fold row>/
 ROWS = ("K4", "K0", "K4-tta", "baseline", "baseline-tta")
 FOLD_ROWS = {"K4": "dssm", "K0": "dssm-K0", "K4-tta": "dssm-tta", "baseline": "baseline",
@@ -115,7 +116,7 @@ def seed_rows():
     """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/seed_spread.sh; seed 0 = K4, or K4-s4
     with 4 Markov samples)."""
     out = []
-    for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy"):
+    for model in MODELS:
         for row, samples in (("K4", 1), ("K4-s4", 4)):
             out += _seed_rows(model, row, samples)
     return out
@@ -146,14 +147,13 @@ def table(header, rows) -> None:
 
 
 def main() -> None:
-    rows = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
-            for row in rows_for(model)] + loocv_rows()
+    rows = [row for model in MODELS for row in rows_for(model)] + loocv_rows()
     table(HEADER, rows)
-    samples = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
-               for row in rows_for(model, SAMPLE_ROWS, extra=False)] + loocv_rows(SAMPLE_ROWS, extra=False)
+    samples = ([row for model in MODELS for row in rows_for(model, SAMPLE_ROWS, extra=False)]
+               + loocv_rows(SAMPLE_ROWS, extra=False))
     print("\nDSSM with 4 Markov samples per slice (--samples 4):\n")
     table(SAMPLE_HEADER, samples)
-    finetuned = [row for model in ("heart-cine-mri", "left-atrium-lge-mri", "lungs-cxr", "skin-lesion-dermoscopy")
+    finetuned = [row for model in MODELS
                  if (ROOT / model / "cpu-ft" / "K4" / "metrics.json").exists()
                  for row in rows_for(model, FINETUNE_ROWS, extra=False)]
     if finetuned:
