@@ -132,6 +132,10 @@ def test_recorded_validation_dice_with_and_without_flips() -> None:
     report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-s4" / "metrics.json").read_text())
     assert report["samples"] == 4 and report["tta"] is False
     assert heart.validation_dice(samples=4) == {s: v["dice"]["mean"] for s, v in report["summary"].items()}
+    # the settings `dssm models` and the panel list beside the default, from one place
+    assert [(option, dice) for option, _, dice in heart.other_settings_dice()] == [
+        ("--samples 4", heart.validation_dice(samples=4)), ("--tta", heart.validation_dice(tta=True))]
+    assert prostate.other_settings_dice() == []
 
 
 def test_centred_padding_to_the_training_field_of_view() -> None:

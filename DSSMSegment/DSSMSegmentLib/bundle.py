@@ -144,6 +144,16 @@ class ModelBundle:
             return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()}
         return dict(metrics.get("dice", {})) if not tta and samples == 1 else {}
 
+    # the other settings whose validation Dice is shown beside the default's: command-line option, in words
+    OTHER_SETTINGS = (("--samples 4", "4 Markov samples", dict(samples=4)),
+                      ("--tta", "test-time augmentation", dict(tta=True)))
+
+    def other_settings_dice(self) -> list:
+        """``(option, setting in words, Dice per structure)`` for each of :attr:`OTHER_SETTINGS` that has a
+        recorded validation evaluation (``dssm models`` and the Slicer panel list these)."""
+        return [(option, words, dice) for option, words, kwargs in self.OTHER_SETTINGS
+                if (dice := self.validation_dice(**kwargs))]
+
     def load_network(self, device: "torch.device") -> "torch.nn.Module":
         """Build the network and load its weights after checking the file's sha256."""
         from safetensors import SafetensorError

@@ -232,9 +232,8 @@ def cmd_models(args) -> int:
         dice = m.validation_dice()
         if dice:
             print("    validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
-        for option, other in (("--samples 4", m.validation_dice(samples=4)), ("--tta", m.validation_dice(tta=True))):
-            if other:
-                print(f"      with {option}: " + ", ".join(f"{k} {v:.3f}" for k, v in other.items()))
+        for option, _, other in m.other_settings_dice():
+            print(f"      with {option}: " + ", ".join(f"{k} {v:.3f}" for k, v in other.items()))
     return 0
 
 

@@ -70,10 +70,8 @@ def modelDescription(bundle: "ModelBundle") -> str:
     dice = bundle.validation_dice()
     if dice:
         lines.append("Validation Dice: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in dice.items()))
-        for setting, other in (("With 4 Markov samples", bundle.validation_dice(samples=4)),
-                               ("With test-time augmentation", bundle.validation_dice(tta=True))):
-            if other:
-                lines.append(f"{setting}: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in other.items()))
+        for _, setting, other in bundle.other_settings_dice():
+            lines.append(f"With {setting}: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in other.items()))
     else:
         lines.append("No validation metrics recorded for this model yet.")
     return "<br>".join(lines)
