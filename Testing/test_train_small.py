@@ -202,3 +202,61 @@ def test_fine_tune_keeps_the_source_split_whatever_the_seed(dssm_run, tmp_path) 
                                        patients, groups)
     assert split_seed == seed and other != source_training["split"]
     assert sorted(other["train"] + other["val"]) == patients and not set(other["train"]) & set(other["val"])
+
+
+def test_semantic_weights_move_between_a_baseline_and_dssm() -> None:
+    """The part DSSM and its baseline share: a DSSM given the baseline's semantic module and classifier makes
+    exactly the baseline's first prediction, and keeps its own generative part."""
+    from DSSMSegmentLib.networks import ArchitectureConfig, build_model, load_semantic_state, semantic_state
+
+    torch.manual_seed(0)
+    small = dict(in_channels=1, num_classes=3, widths=(8, 16, 32, 64))
+    baseline = build_model(ArchitectureConfig(kind="baseline", **small)).eval()
+    dssm = build_model(ArchitectureConfig(kind="dssm", **small)).eval()
+    generative = {k: v.clone() for k, v in dssm.state_dict().items() if not k.startswith(("semantic.", "first_head."))}
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(dssm.first_head(torch.nn.functional.leaky_relu(dssm.semantic(x)[0], 0.01)),
+                                  baseline(x))
+        load_semantic_state(dssm, semantic_state(baseline))
+        first = dssm.first_head(torch.nn.functional.leaky_relu(dssm.semantic(x)[0], 0.01))
+        torch.testing.assert_close(first, baseline(x), rtol=0, atol=0)
+    assert all(torch.equal(v, dssm.state_dict()[k]) for k, v in generative.items())
+    other = build_model(ArchitectureConfig(kind="baseline", in_channels=1, num_classes=3, widths=(16, 32, 64, 128)))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_semantic_state(other, semantic_state(dssm))
+
+
+def test_dssm_starts_from_the_baseline_semantic_module(dssm_run, tmp_path) -> None:
+    """``--init-semantic BASELINE``: at learning rate 0 the DSSM bundle's semantic convolutions are the
+    baseline's, the record names the source; a baseline trained on another split is refused in one line."""
+    cache = dssm_run / "cache.npz"
+    proc = run_dssm(["train", *TINY, "--baseline", "--iterations", "2", "--val-every", "1", "--out", "base",
+                     "--cache", cache], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    donor = tmp_path / "base" / "bundle" / "prostate-t2-mri-baseline"
+    proc = run_dssm(["train", *TINY, "--init-semantic", donor, "--lr", "0", "--iterations", "2", "--val-every", "1",
+                     "--out", "dssm", "--cache", cache], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    bundle = ModelBundle(tmp_path / "dssm" / "bundle" / "prostate-t2-mri")
+    trained = bundle.load_network(torch.device("cpu")).state_dict()
+    baseline = ModelBundle(donor).load_network(torch.device("cpu")).state_dict()
+    convs = [k for k in baseline if k.startswith("semantic.") and k.endswith("weight") and baseline[k].dim() == 4]
+    assert convs and all(torch.equal(trained[k], baseline[k]) for k in convs)
+    assert torch.equal(trained["first_head.weight"], baseline["head.weight"])
+    training = bundle.meta["training"]
+    assert training["semantic_init_from"] == str(donor)
+    assert [s["iterations"] for s in training["semantic_stages"]] == [2] and training["warm_start_from"] is None
+
+    data = load_cache(cache)
+    patients = sorted(set(data.patients.tolist()))
+    seed = _a_seed_with_another_split(patients, dict(zip(data.patients.tolist(), data.groups.tolist())),
+                                      get_recipe("prostate-t2-mri"), tmp_path)
+    proc = run_dssm(["train", *TINY, "--baseline", "--split-seed", seed, "--iterations", "1", "--out", "other",
+                     "--cache", cache], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    proc = run_dssm(["train", *TINY, "--init-semantic", tmp_path / "other" / "bundle" / "prostate-t2-mri-baseline",
+                     "--iterations", "1", "--out", "leaky", "--cache", cache], cwd=tmp_path)
+    assert proc.returncode != 0 and "validation cases" in proc.stderr, describe(proc)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "leaky" / "bundle").exists()

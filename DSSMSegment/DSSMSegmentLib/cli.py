@@ -59,6 +59,9 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=int, default=4, help="default Markov steps written into the bundle")
     p.add_argument("--name", default=None, help="bundle name (default: the recipe's)")
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
+    p.add_argument("--init-semantic", default=None,
+                   help="take the semantic module and its pixel classifier from this bundle of the same recipe, "
+                        "e.g. the trained baseline (discriminative pretraining); the rest from --init or new")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")
 
 
@@ -189,6 +192,7 @@ def cmd_train(args) -> int:
         val_patients=args.val_patients.split(",") if args.val_patients else None, val_every=args.val_every,
         device=args.device, default_steps=args.steps, name=args.name,
         init=Path(args.init) if args.init else None,
+        init_semantic=Path(args.init_semantic) if args.init_semantic else None,
     )
     bundle = train(cfg)
     if bundle is not None:

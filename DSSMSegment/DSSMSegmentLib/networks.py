@@ -459,6 +459,26 @@ class DSSM(nn.Module):
                                z_gt.detach())
 
 
+def semantic_state(network: nn.Module) -> dict:
+    """The weights of a network's semantic module and of its pixel classifier on top of it, under the names
+    DSSM uses (``semantic.*``, ``first_head.*``): the part a DSSM and its discriminative baseline share."""
+    head = "head." if isinstance(network, DiscriminativeBaseline) else "first_head."
+    return {("first_head." + k[len(head):] if k.startswith(head) else k): v
+            for k, v in network.state_dict().items() if k.startswith("semantic.") or k.startswith(head)}
+
+
+def load_semantic_state(network: nn.Module, state: dict) -> None:
+    """Load :func:`semantic_state` weights into a DSSM or a baseline of the same widths; the rest is untouched."""
+    head = "head." if isinstance(network, DiscriminativeBaseline) else "first_head."
+    own = network.state_dict()
+    renamed = {(head + k[len("first_head."):] if k.startswith("first_head.") else k): v for k, v in state.items()}
+    mismatched = [k for k, v in renamed.items() if k not in own or own[k].shape != v.shape]
+    if mismatched or not renamed:
+        raise ValueError(f"semantic weights do not fit this network ({len(mismatched)} of {len(renamed)} differ)")
+    own.update({k: v.to(own[k].dtype) for k, v in renamed.items()})
+    network.load_state_dict(own)
+
+
 def build_model(cfg: ArchitectureConfig) -> nn.Module:
     if cfg.kind == "dssm":
         return DSSM(cfg)

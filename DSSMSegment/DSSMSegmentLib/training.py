@@ -28,7 +28,7 @@ from .augment import AugmentConfig, intensity, spatial
 from .bundle import ModelBundle, save_bundle
 from .datasets import CachedData, build_cache, load_cache, split_cases, Case
 from .errors import DSSMError
-from .networks import ArchitectureConfig, build_model
+from .networks import ArchitectureConfig, build_model, load_semantic_state, semantic_state
 from .preprocess import Preprocessing, pad_to_multiple
 from .recipes import get_recipe
 
@@ -54,6 +54,7 @@ class TrainConfig:
     default_steps: int = 4
     name: Optional[str] = None
     init: Optional[Path] = None  # warm start from a bundle's weights (fine-tuning)
+    init_semantic: Optional[Path] = None  # semantic module + pixel classifier from this bundle (e.g. the baseline)
     extra: dict = field(default_factory=dict)
 
 
@@ -234,6 +235,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if source is not None:
         network.load_state_dict(source.load_network(device).state_dict())
         network.train()
+    semantic_source = _load_semantic_source(cfg, network, split, device) if cfg.init_semantic else None
     step_module = TrainStep(network)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
@@ -327,8 +329,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         bar.close()
     bundle_dir = None
     if rank == 0:
-        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training, state, log_path,
-                                   device, world)
+        semantic_training = semantic_source.meta.get("training", {}) if semantic_source is not None else {}
+        bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training,
+                                   semantic_training, state, log_path, device, world)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -356,6 +359,31 @@ def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, 
                 "iteration": state["iteration"], "train_seconds": state["train_seconds"]}, ckpt_path)
 
 
+def _load_semantic_source(cfg: TrainConfig, network: nn.Module, split: dict, device) -> ModelBundle:
+    """``--init-semantic``: load the semantic module and pixel classifier of another bundle of the same recipe
+    (typically the trained discriminative baseline: discriminative pretraining of DSSM's semantic module).
+    Refused if that bundle was trained on any of this run's validation cases."""
+    bundle = ModelBundle(Path(cfg.init_semantic))
+    record = bundle.meta.get("training", {})
+    if record.get("recipe") != cfg.recipe:
+        raise DSSMError(f"--init-semantic {cfg.init_semantic}: trained with recipe '{record.get('recipe')}', "
+                        f"not '{cfg.recipe}'")
+    trained_on = set((record.get("split") or {}).get("train", []))
+    if not trained_on:
+        raise DSSMError(f"--init-semantic {cfg.init_semantic}: its model.json records no training split, so it "
+                        "cannot be checked against this run's validation cases")
+    leaked = sorted(trained_on & set(split["val"]))
+    if leaked:
+        raise DSSMError(f"--init-semantic {cfg.init_semantic} was trained on {len(leaked)} of this run's "
+                        f"validation cases (e.g. {leaked[0]}); use a bundle with the same split")
+    try:
+        load_semantic_state(network, semantic_state(bundle.load_network(device)))
+    except ValueError as exc:
+        raise DSSMError(f"--init-semantic {cfg.init_semantic}: {exc}") from None
+    network.train()
+    return bundle
+
+
 def _earlier_stages(source_training: dict) -> list:
     """The training record of a fine-tune's source bundle (``source_training``) and of its own sources, oldest
     first, without the split (the fine-tune keeps it), so that a bundle tells its whole training history."""
@@ -367,8 +395,8 @@ def _earlier_stages(source_training: dict) -> list:
     return earlier + [source]
 
 
-def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training, state, log_path, device,
-                  world) -> Path:
+def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training, semantic_training, state,
+                  log_path, device, world) -> Path:
     name = cfg.name or (cfg.recipe if cfg.kind == "dssm" else f"{cfg.recipe}-baseline")
     rows = list(csv.DictReader(open(log_path)))
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -392,6 +420,9 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_traini
             "torch": torch.__version__,
             "warm_start_from": str(cfg.init) if cfg.init else None,
             "earlier_stages": _earlier_stages(source_training),
+            # --init-semantic: where the semantic module started, and that bundle's own training history
+            "semantic_init_from": str(cfg.init_semantic) if cfg.init_semantic else None,
+            "semantic_stages": _earlier_stages(semantic_training),
         },
         "metrics": {},
     }
