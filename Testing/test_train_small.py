@@ -86,6 +86,7 @@ def test_bundle_has_fp16_weights_and_a_complete_model_json(dssm_run) -> None:
     assert meta["labels"] == get_recipe("prostate-t2-mri")["labels"]
     training = meta["training"]
     assert training["iterations"] == 4 and training["batch_size"] == 2 and training["processes"] == 1
+    assert training["likelihood_loss_weight"] == 0.0 and training["semantic_init_from"] is None
     split = training["split"]
     assert split["val"] and not set(split["val"]) & set(split["train"])
     assert len(split["train"]) + len(split["val"]) == 4  # split by patient
@@ -260,3 +261,26 @@ def test_dssm_starts_from_the_baseline_semantic_module(dssm_run, tmp_path) -> No
     assert proc.returncode != 0 and "validation cases" in proc.stderr, describe(proc)
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "leaky" / "bundle").exists()
+
+
+def test_likelihood_loss_adds_the_bayesian_head_alone_to_the_loss() -> None:
+    """``--likelihood-loss W`` adds W x (CE + Dice) of the Bayesian head's likelihood without its prior; the final
+    posterior is still that likelihood plus the decoded prior."""
+    import torch.nn.functional as F
+
+    from DSSMSegmentLib.networks import ArchitectureConfig, build_model
+    from DSSMSegmentLib.training import TrainStep, dice_ce_loss
+
+    torch.manual_seed(0)
+    network = build_model(ArchitectureConfig(kind="dssm", in_channels=1, num_classes=3, widths=(8, 16, 32, 64)))
+    x, target = torch.randn(2, 1, 64, 64), torch.randint(0, 3, (2, 64, 64))
+
+    def with_seed(fn):
+        torch.manual_seed(1)  # training_forward draws t, the noise and the ground-truth/prediction choice
+        return fn()
+
+    plain = with_seed(lambda: TrainStep(network)(x, target))
+    weighted = with_seed(lambda: TrainStep(network, 0.7)(x, target))
+    o = with_seed(lambda: network.training_forward(x, F.one_hot(target, 3).permute(0, 3, 1, 2).float()))
+    torch.testing.assert_close(weighted, plain + 0.7 * dice_ce_loss(o.likelihood, target))
+    torch.testing.assert_close(o.final - o.likelihood, torch.log_softmax(o.decoded, dim=1))

@@ -62,6 +62,8 @@ def _add_train(sub) -> None:
     p.add_argument("--init-semantic", default=None,
                    help="take the semantic module and its pixel classifier from this bundle of the same recipe, "
                         "e.g. the trained baseline (discriminative pretraining); the rest from --init or new")
+    p.add_argument("--likelihood-loss", type=float, default=0.0,
+                   help="DSSM: weight of an extra loss on the Bayesian head's likelihood alone, without its prior")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")
 
 
@@ -193,6 +195,7 @@ def cmd_train(args) -> int:
         device=args.device, default_steps=args.steps, name=args.name,
         init=Path(args.init) if args.init else None,
         init_semantic=Path(args.init_semantic) if args.init_semantic else None,
+        likelihood_weight=args.likelihood_loss,
     )
     bundle = train(cfg)
     if bundle is not None:

@@ -306,6 +306,7 @@ class TrainingOutputs:
     reconstructed: torch.Tensor  # label logits decoded from the ground-truth latent
     z0_pred: torch.Tensor
     z0_target: torch.Tensor
+    likelihood: torch.Tensor  # log p(f|c) of the Bayesian head alone (no prior), as ``final`` sees the features
 
 
 class DSSM(nn.Module):
@@ -452,11 +453,12 @@ class DSSM(nn.Module):
         z_t = self.schedule.add_noise(z_src, torch.randn_like(z_src), t)
         z0_pred = self.denoise(quarter, z_t, t)
         decoded = self.autoencoder.decode(z0_pred).float()
-        final = self.posterior(features, quarter, z0_pred, torch.log_softmax(decoded, dim=1))
+        likelihood = self.posterior(features, quarter, z0_pred, torch.zeros_like(decoded))
+        final = likelihood + torch.log_softmax(decoded, dim=1)  # = posterior(..., log_softmax(decoded))
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))
         final0 = self.posterior(features, quarter, z_first, torch.log_softmax(first, dim=1))
         return TrainingOutputs(final, final0, first, decoded, self.autoencoder.decode(z_gt).float(), z0_pred,
-                               z_gt.detach())
+                               z_gt.detach(), likelihood)
 
 
 def semantic_state(network: nn.Module) -> dict:

@@ -55,6 +55,7 @@ class TrainConfig:
     name: Optional[str] = None
     init: Optional[Path] = None  # warm start from a bundle's weights (fine-tuning)
     init_semantic: Optional[Path] = None  # semantic module + pixel classifier from this bundle (e.g. the baseline)
+    likelihood_weight: float = 0.0  # weight of a loss term on the Bayesian head's likelihood alone (DSSM)
     extra: dict = field(default_factory=dict)
 
 
@@ -73,9 +74,10 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class TrainStep(nn.Module):
     """Wraps the network so that DDP sees the whole loss computation in ``forward``."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, likelihood_weight: float = 0.0) -> None:
         super().__init__()
         self.network = network
+        self.likelihood_weight = likelihood_weight
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         net = self.network
@@ -83,9 +85,14 @@ class TrainStep(nn.Module):
             return dice_ce_loss(net(x), target)
         onehot = F.one_hot(target, net.cfg.num_classes).permute(0, 3, 1, 2).to(x.dtype)
         o = net.training_forward(x, onehot)
-        return (dice_ce_loss(o.final, target) + 0.5 * dice_ce_loss(o.final_no_markov, target)
+        loss = (dice_ce_loss(o.final, target) + 0.5 * dice_ce_loss(o.final_no_markov, target)
                 + 0.5 * dice_ce_loss(o.first, target) + 0.5 * dice_ce_loss(o.decoded, target)
                 + dice_ce_loss(o.reconstructed, target) + F.mse_loss(o.z0_pred.float(), o.z0_target.float()))
+        if self.likelihood_weight:
+            # the Bayesian head's likelihood on its own: without this term the posterior can lean on its prior
+            # alone, and the Gaussian mixtures stay uninformative (scripts/dssm_parts.py measures it)
+            loss = loss + self.likelihood_weight * dice_ce_loss(o.likelihood, target)
+        return loss
 
 
 class EMA:
@@ -236,7 +243,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         network.load_state_dict(source.load_network(device).state_dict())
         network.train()
     semantic_source = _load_semantic_source(cfg, network, split, device) if cfg.init_semantic else None
-    step_module = TrainStep(network)
+    step_module = TrainStep(network, cfg.likelihood_weight)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
     opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -423,6 +430,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_traini
             # --init-semantic: where the semantic module started, and that bundle's own training history
             "semantic_init_from": str(cfg.init_semantic) if cfg.init_semantic else None,
             "semantic_stages": _earlier_stages(semantic_training),
+            "likelihood_loss_weight": cfg.likelihood_weight if cfg.kind == "dssm" else None,
         },
         "metrics": {},
     }
