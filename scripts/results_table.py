@@ -1,8 +1,8 @@
 """Print the README's accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
 slice, each model before and after the same extra CPU training for DSSM and its baseline
-(``scripts/cpu_finetune.sh``), DSSM started from its baseline's semantic module (the same script with
-``FROM_BASELINE=1``), and the spread over Markov noise seeds.
+(``scripts/cpu_finetune.sh``), DSSM training variants after the same extra iterations (the same script with
+``VARIANT=...``), and the spread over Markov noise seeds.
 
 The numbers are those written by ``scripts/evaluate_all.sh`` and ``scripts/prostate_loocv.sh``
 (``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/results_table.py
@@ -37,11 +37,12 @@ SAMPLE_FOLD_ROWS = {"K4-s4": "dssm-s4"}
 FINETUNE_ROWS = ("K4", "cpu-ft/K4", "K4-s4", "cpu-ft/K4-s4", "K0", "cpu-ft/K0", "baseline", "cpu-ft/baseline")
 FINETUNE_HEADER = ["model", "structure", "DSSM K=4", "after", "DSSM K=4, 4 samples", "after", "DSSM K=0", "after",
                    "baseline", "after"]
-# FROM_BASELINE=1 scripts/cpu_finetune.sh: DSSM started from the baseline's semantic module, against the
-# baseline given the same extra iterations
-SEMANTIC_ROWS = ("baseline", "cpu-ft/baseline", "cpu-ft/semantic-K4", "cpu-ft/semantic-K0", "cpu-ft/semantic-K4-s4")
-SEMANTIC_HEADER = ["model", "structure", "baseline", "baseline + extra iterations", "DSSM from the baseline, K=4",
-                   "K=0", "K=4, 4 samples", "paper"]
+# VARIANT=... scripts/cpu_finetune.sh: DSSM training variants, each after the same extra CPU iterations as the
+# baseline's run
+VARIANTS = {"": "DSSM (plain fine-tune)", "semantic-": "DSSM on the baseline's semantic module (--init-semantic)",
+            "likelihood-": "DSSM + likelihood loss (--likelihood-loss 1)"}
+VARIANT_HEADER = ["model", "structure", "DSSM variant", "K=4", "K=0", "K=4, 4 samples", "baseline, same extra iterations",
+                  "paper"]
 SAMPLE_HEADER = ["model", "structure", "DSSM K=4", "DSSM K=4, 4 samples", "DSSM K=0", "baseline"]
 HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA", "baseline", "baseline + TTA",
           "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
@@ -165,13 +166,15 @@ def main() -> None:
     if finetuned:
         print("\nBefore and after the same extra CPU training for DSSM and baseline (scripts/cpu_finetune.sh):\n")
         table(FINETUNE_HEADER, finetuned)
-    semantic = [row + [f"{PAPER.get((model, row[1]), float('nan')):.4f}"] for model in MODELS
-                if (ROOT / model / "cpu-ft" / "semantic-K4" / "metrics.json").exists()
-                for row in rows_for(model, SEMANTIC_ROWS, extra=False)]
-    if semantic:
-        print("\nDSSM on its baseline's trained semantic module, against the baseline with the same extra CPU "
-              "iterations (FROM_BASELINE=1 scripts/cpu_finetune.sh):\n")
-        table(SEMANTIC_HEADER, semantic)
+    variants = [row[:2] + [words] + row[2:] + [f"{PAPER[(model, row[1])]:.4f}" if (model, row[1]) in PAPER else ""]
+                for model in MODELS for prefix, words in VARIANTS.items()
+                if (ROOT / model / "cpu-ft" / f"{prefix}K4" / "metrics.json").exists()
+                for row in rows_for(model, tuple(f"cpu-ft/{prefix}{r}" for r in ("K4", "K0", "K4-s4"))
+                                    + ("cpu-ft/baseline",), extra=False)]
+    if variants:
+        print("\nDSSM training variants after the same extra CPU iterations as the baseline "
+              "(VARIANT=... scripts/cpu_finetune.sh):\n")
+        table(VARIANT_HEADER, variants)
     seeds = seed_rows()
     if seeds:
         print("\nDSSM K = 4, Markov noise seeds 0, 1, ...:\n")
