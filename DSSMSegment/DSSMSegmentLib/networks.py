@@ -461,17 +461,23 @@ class DSSM(nn.Module):
                                z_gt.detach(), likelihood)
 
 
+def _classifier_prefix(network: nn.Module) -> str:
+    """State-dict prefix of the 1x1 pixel classifier on the semantic module: ``head.`` in the baseline,
+    ``first_head.`` in DSSM."""
+    return "head." if isinstance(network, DiscriminativeBaseline) else "first_head."
+
+
 def semantic_state(network: nn.Module) -> dict:
     """The weights of a network's semantic module and of its pixel classifier on top of it, under the names
     DSSM uses (``semantic.*``, ``first_head.*``): the part a DSSM and its discriminative baseline share."""
-    head = "head." if isinstance(network, DiscriminativeBaseline) else "first_head."
+    head = _classifier_prefix(network)
     return {("first_head." + k[len(head):] if k.startswith(head) else k): v
             for k, v in network.state_dict().items() if k.startswith("semantic.") or k.startswith(head)}
 
 
 def load_semantic_state(network: nn.Module, state: dict) -> None:
     """Load :func:`semantic_state` weights into a DSSM or a baseline of the same widths; the rest is untouched."""
-    head = "head." if isinstance(network, DiscriminativeBaseline) else "first_head."
+    head = _classifier_prefix(network)
     own = network.state_dict()
     renamed = {(head + k[len("first_head."):] if k.startswith("first_head.") else k): v for k, v in state.items()}
     mismatched = [k for k, v in renamed.items() if k not in own or own[k].shape != v.shape]

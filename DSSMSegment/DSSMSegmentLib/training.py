@@ -241,7 +241,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         network = network.to(memory_format=torch.channels_last)
     if source is not None:
         network.load_state_dict(source.load_network(device).state_dict())
-        network.train()
     semantic_source = _load_semantic_source(cfg, network, split, device) if cfg.init_semantic else None
     step_module = TrainStep(network, cfg.likelihood_weight)
     if world > 1:
@@ -387,7 +386,6 @@ def _load_semantic_source(cfg: TrainConfig, network: nn.Module, split: dict, dev
         load_semantic_state(network, semantic_state(bundle.load_network(device)))
     except ValueError as exc:
         raise DSSMError(f"--init-semantic {cfg.init_semantic}: {exc}") from None
-    network.train()
     return bundle
 
 
