@@ -222,7 +222,7 @@ def test_unwritable_output_leaves_no_partial_file(tmp_path, capfd) -> None:
     _need(XRAY)
     out = tmp_path / "out"
     (out / "MCUCXR_0006_0.png").mkdir(parents=True)
-    code, captured = _main(["segment", "--model", "lungs-cxr", "--steps", "0", "-o", out, XRAY], capfd)
+    code, captured = _main(["segment", "--model", "lungs-cxr", "--steps", "0", "--overwrite", "-o", out, XRAY], capfd)
     line = assert_one_error_line(code, captured.err)
     assert "cannot write" in line, line
     assert files_under(out) == [], files_under(out)

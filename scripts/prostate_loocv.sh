@@ -29,3 +29,12 @@ for case in 001 002 020 021; do
     done
   done
 done
+# Record the pooled leave-one-case-out Dice in the bundled models (dssm models and the Slicer panel show it).
+for kind in dssm baseline; do
+  model=prostate-t2-mri; [ $kind = baseline ] && model=prostate-t2-mri-baseline
+  .venv/bin/python - "$model" results/prostate-t2-mri/loocv/*-$kind/metrics.json <<'PY'
+import sys
+from DSSMSegmentLib.evaluate import record_cross_validation
+record_cross_validation(sys.argv[1], sys.argv[2:], "leave-one-case-out", "bash scripts/prostate_loocv.sh")
+PY
+done

@@ -154,6 +154,36 @@ class ModelBundle:
         return [(option, words, dice) for option, words, kwargs in self.OTHER_SETTINGS
                 if (dice := self.validation_dice(**kwargs))]
 
+    def dice_rows(self) -> List[tuple]:
+        """``(what was measured, {structure: mean Dice})`` rows that ``dssm models`` and the Slicer panel show:
+        the validation Dice at the default K, per dataset when the model was validated on several; with each of
+        :attr:`OTHER_SETTINGS`; and the cross-validation Dice (``metrics.cross_validation``) of a model that
+        trained on every case. Without any, one row that says why, with an empty dict."""
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        entry = metrics.get("evaluations", {}).get(evaluation_key("val", self.default_steps)) or {}
+        by_dataset = entry.get("by_dataset") or {}
+        rows = []
+        if len(by_dataset) > 1:
+            for dataset, summary in by_dataset.items():
+                n = next(iter(summary.values()))["dice"]["n"]
+                rows.append((f"validation Dice on {dataset} ({n} cases)",
+                             {name: stats["dice"]["mean"] for name, stats in summary.items()}))
+        elif self.validation_dice():
+            n = entry.get("n_cases")
+            rows.append(("validation Dice" + (f" ({n} cases)" if n else ""), self.validation_dice()))
+        pooled = f", {' and '.join(by_dataset)} pooled" if len(by_dataset) > 1 else ""
+        rows += [(f"with {words} ({option}{pooled})", dice) for option, words, dice in self.other_settings_dice()]
+        cv = metrics.get("cross_validation")
+        if cv:
+            rows.append((f"{cv['method']} Dice ({cv['n_cases']} cases)",
+                         {name: stats["dice"]["mean"] for name, stats in cv["summary"].items()}))
+        if not rows:
+            split = self.meta.get("training", {}).get("split", {})
+            reason = (f"trained on all {len(split['train'])} cases, no validation split" if split.get("train")
+                      and not split.get("val") else "not evaluated yet")
+            rows.append((f"no validation Dice recorded ({reason})", {}))
+        return rows
+
     def load_network(self, device: "torch.device") -> "torch.nn.Module":
         """Build the network and load its weights after checking the file's sha256."""
         from safetensors import SafetensorError

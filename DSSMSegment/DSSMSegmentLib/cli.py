@@ -15,39 +15,88 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import DSSMError
+from .errors import Cancelled, DSSMError
+
+# Argument values are checked by argparse itself, before anything heavy (PyTorch) is imported: a typo costs
+# a fraction of a second, and the message names the option.
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
+
+
+def _device(text: str) -> str:
+    value = text.strip().lower()
+    if value == "gpu":
+        value = "cuda"
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise argparse.ArgumentTypeError(f"'{text}' is not a device: use auto (a GPU if there is one), cpu, cuda "
+                                     "(or gpu), or cuda:N for the N-th GPU")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default in ``--help`` where it has a meaningful one (not None, not a bare switch)."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        default = action.default
+        if ("%(default)" not in help_text and default is not None and default is not False
+                and default is not argparse.SUPPRESS and action.option_strings and action.nargs != 0):
+            help_text += " (default: %(default)s)"
+        return help_text
 
 
 def _add_segment(sub) -> None:
-    p = sub.add_parser("segment", help="segment images or volumes with a model")
+    p = sub.add_parser("segment", help="segment images or volumes with a model", formatter_class=_HelpFormatter,
+                       description="Segment images, DICOM series folders or folders of images. Each input X gets "
+                       "OUTPUT/X.nii.gz (a volume) or OUTPUT/X.png (a 2D image: label values 0, 1, ..., so it looks "
+                       "black in an image viewer). Existing outputs are never replaced without --overwrite, and an "
+                       "input is never replaced. Files in a folder that are label maps (names ending _gt, _seg, "
+                       "_label, _mask, ...; or a few integer values) or earlier outputs are skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
-    p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--model", default=None, help="model name (see 'dssm models') or bundle folder")
-    p.add_argument("--steps", type=int, default=None, help="Markov steps K (0 = no refinement; default: the model's)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per network batch")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("--model", required=True, help="model name (see 'dssm models') or bundle folder")
+    p.add_argument("--steps", type=_count(0), default=None,
+                   help="Markov steps K (0 = no refinement; default: the model's own, see 'dssm models')")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
     p.add_argument("--overlay", action="store_true", help="also write X_overlay.png, the mask over the image")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Markov chain's noise")
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the Markov chain's noise")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: also segment the image flipped and zoomed 1.2x as the model was "
                         "trained, and average (4-10x the network time)")
-    p.add_argument("--samples", type=int, default=1,
+    p.add_argument("--samples", type=_count(1), default=1,
                    help="Markov chains per slice, each from its own noise; their latents are averaged (DSSM at "
                         "K > 0 only; 4 samples: about 1.8x the time of one)")
     p.add_argument("--timings", default=None, help="write per-case timings to this JSON file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that already exist (never an input file)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first input that fails (default: segment the others, list the failures, exit 2)")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a recipe and write a bundle")
+    p = sub.add_parser("train", help="train a model from a recipe and write a bundle", formatter_class=_HelpFormatter)
     p.add_argument("--recipe", required=True, help="recipe name, e.g. heart-cine-mri")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv, curves.png, bundle/)")
     p.add_argument("--baseline", action="store_true", help="train the discriminative baseline instead of DSSM")
     p.add_argument("--data", default=None, help="dataset name(s) joined by '+', or NAME=FOLDER")
     p.add_argument("--cache", default=None, help="preprocessed cache (.npz); built if missing")
-    p.add_argument("--iterations", type=int, default=0)
+    p.add_argument("--iterations", type=_count(0), default=0, help="budget in iterations")
     p.add_argument("--minutes", type=float, default=0.0, help="budget in minutes of training time")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_count(1), default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the augmentation")
     p.add_argument("--split-seed", type=int, default=0,
@@ -55,8 +104,8 @@ def _add_train(sub) -> None:
     p.add_argument("--widths", default=None, help="U-Net widths, e.g. 8,16,32,64")
     p.add_argument("--val-patients", default=None, help="comma-separated validation patients (overrides the split)")
     p.add_argument("--val-every", type=float, default=0.1, help="fraction of the budget between validations")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=4, help="default Markov steps written into the bundle")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
+    p.add_argument("--steps", type=_count(0), default=4, help="default Markov steps written into the bundle")
     p.add_argument("--name", default=None, help="bundle name (default: the recipe's)")
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--init-semantic", default=None,
@@ -68,7 +117,8 @@ def _add_train(sub) -> None:
 
 
 def _add_cache(sub) -> None:
-    p = sub.add_parser("cache", help="build the compact preprocessed training cache of a recipe")
+    p = sub.add_parser("cache", help="build the compact preprocessed training cache of a recipe",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None, help="default: cache/RECIPE.npz")
@@ -76,40 +126,45 @@ def _add_cache(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="segment a dataset's validation cases and report metrics")
+    p = sub.add_parser("evaluate", help="segment a dataset's validation cases and report metrics",
+                       formatter_class=_HelpFormatter)
     p.add_argument("data", help="dataset name (as for train), NAME=FOLDER, or a folder of images with labels/")
     p.add_argument("--model", required=True)
     p.add_argument("--split", default="val", choices=["val", "train", "all"],
                    help="which cases: the model's own validation split (default), its training split, or all")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=_count(0), default=None, help="Markov steps K (default: the model's own)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv, metrics.json and the masks")
-    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many cases")
+    p.add_argument("--limit", type=_count(0), default=0, help="evaluate at most this many cases (0: all)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as for segment")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Markov chain's noise, as for segment")
-    p.add_argument("--samples", type=int, default=1, help="Markov chains per slice, as for segment")
+    p.add_argument("--seed", type=_count(0), default=0, help="seed of the Markov chain's noise, as for segment")
+    p.add_argument("--samples", type=_count(1), default=1, help="Markov chains per slice, as for segment")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
 
 
 def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="time and measure memory of inference (prints a Markdown table)")
+    p = sub.add_parser("benchmark", help="time and measure memory of inference (prints a Markdown table)",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--model", default="heart-cine-mri")
     p.add_argument("--devices", default="auto", help="comma-separated: cpu,cuda (auto: cpu, plus cuda if present)")
     p.add_argument("--steps", default="0,1,2,4,8,16")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=_count(1), default=5)
     p.add_argument("--quick", action="store_true", help="fewer cases and repeats")
     p.add_argument("-o", "--output", default="benchmark.json")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per network batch, as for segment")
+    p.add_argument("--threads", type=_count(1), default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch, as for segment")
     p.add_argument("--no-io", action="store_true", help="segment from in-memory images (read/write not timed)")
     p.add_argument("--cases", default=None, help="run from arrays saved with --save-cases (no SimpleITK or data needed)")
     p.add_argument("--save-cases", default=None, help="write the benchmark cases as arrays (.npz) and stop")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="dssm", description="DSSM segmentation: segment, train, evaluate, benchmark.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
     _add_train(sub)
@@ -121,66 +176,156 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_segment(args) -> int:
-    from tqdm import tqdm
+def _outputs_of(path: Path, out_dir: Path, overlay: bool, is_2d: Optional[bool] = None) -> List[Path]:
+    """The files ``dssm segment`` writes for one input: its mask, and its overlay with ``--overlay``."""
+    from .imageio import output_name, stem_of
 
-    from .bundle import default_model_name, resolve_model
-    from .imageio import expand_inputs, output_name, read_image, write_image_atomically
-    from .inference import Segmenter, Timings
+    mask = out_dir / output_name(path, is_2d)
+    return [mask] + ([out_dir / f"{stem_of(path)}_overlay.png"] if overlay else [])
 
-    name = args.model or default_model_name()
-    if name is None:
-        raise DSSMError("no model installed; pass --model PATH_TO_BUNDLE")
-    inputs = expand_inputs(args.inputs)
-    # One output per input: two inputs with the same name (p1/T2 and p2/T2 DICOM folders, x.nrrd beside
-    # x.nii.gz) would silently overwrite each other's mask, so refuse before doing any work.
-    stems = {}
+
+def _input_files(inputs: List[Path]) -> set:
+    """Every file an input consists of (a DICOM folder: its files), resolved: none of these may be written."""
+    files = set()
     for path in inputs:
-        stem = output_name(path, False)[: -len(".nii.gz")]
-        if stem in stems:
-            raise DSSMError(f"{stems[stem]} and {path} would both be written as {stem}.* in {args.output}; "
-                            "segment them into different output folders or rename one")
-        stems[stem] = path
+        files.update(p.resolve() for p in (path.iterdir() if path.is_dir() else [path]) if p.is_file())
+    return files
+
+
+def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool, out_dir: Path) -> None:
+    """Before any work: no output may be an input file, two inputs may not share an output, and an existing
+    output is replaced only with ``--overwrite``. ``targets`` maps each output path to the input it is for."""
+    existing = []
+    for target, source in targets.items():
+        if target.resolve() in protected:
+            raise DSSMError(f"writing {target} would replace the input {source} (-o is the input's own folder and "
+                            "the mask has the same name); choose another output folder with -o")
+        if target.exists() and not overwrite:
+            existing.append(target)
+    if existing:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        raise DSSMError(f"{', '.join(map(str, existing[:3]))}{more} already exist(s) in {out_dir}; pass --overwrite "
+                        "to replace them, or choose another output folder with -o")
+
+
+def cmd_segment(args) -> int:
+    from .bundle import resolve_model
+    from .imageio import expand_inputs
+
+    # Everything that can be checked without PyTorch is checked before the model is loaded: a mistake in the
+    # command costs a second, and nothing is written before every output is known to be safe to write.
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DSSMError(f"-o {out_dir} is a file; -o names the output folder (created if missing)")
+    bundle = resolve_model(args.model)
+    inputs, skipped = expand_inputs(args.inputs)
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}")
+    if not inputs:
+        raise DSSMError("nothing to segment: every file found was skipped (listed above); name a file on the "
+                        "command line to segment it anyway")
+    targets: dict = {}
+    for path in inputs:
+        for target in _outputs_of(path, out_dir, args.overlay):
+            if target in targets:
+                raise DSSMError(f"{targets[target]} and {path} would both be written as {target}; segment them "
+                                "into different output folders or rename one")
+            targets[target] = path
+    if args.timings:
+        targets[Path(args.timings)] = "--timings"
+    protected = _input_files(inputs)
+    _refuse_unsafe_outputs(targets, protected, args.overwrite, out_dir)
+
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     inputs = inputs[rank::world]
-    t_load = time.perf_counter()
-    segmenter = Segmenter(resolve_model(name), device=args.device, batch_size=args.batch_size, tta=args.tta,
-                          samples=args.samples)
-    load_seconds = time.perf_counter() - t_load
-    out_dir = Path(args.output)
-    report = {"model": segmenter.bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
-              "tta": segmenter.tta, "samples": segmenter.samples, "cases": []}
-    for path in tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2):
-        timings = Timings()
-        t0 = time.perf_counter()
-        image = read_image(path)
-        timings.add("read", time.perf_counter() - t0)
-        labels = segmenter.segment(image, steps=args.steps, seed=args.seed, timings=timings,
-                                   postprocess=not args.no_postprocess, name=str(path))
-        target = out_dir / output_name(path, image.GetDimension() == 2)
-        t0 = time.perf_counter()
-        write_image_atomically(labels, target)
-        timings.add("write", time.perf_counter() - t0)
-        if args.overlay:
-            from .overlay import write_overlay
+    from tqdm import tqdm
 
-            t0 = time.perf_counter()
-            write_overlay(image, labels, segmenter.bundle.labels, target.with_name(
-                target.name.replace(".nii.gz", "").replace(".png", "") + "_overlay.png"))
-            timings.add("overlay", time.perf_counter() - t0)
-        stages = {k: round(v, 4) for k, v in timings.stages.items()}
-        report["cases"].append({"input": str(path), "output": str(target), "seconds": round(timings.total, 4),
-                                "stages": stages})
-        print(f"{path} -> {target}  ({timings.total:.2f} s: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + ")")
+    from .inference import Segmenter
+
+    t_load = time.perf_counter()
+    segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples)
+    load_seconds = time.perf_counter() - t_load
+    steps = bundle.default_steps if args.steps is None else args.steps
+    print(f"model {bundle.name} ({bundle.architecture.kind}, K={steps if bundle.architecture.kind == 'dssm' else '-'})"
+          f" on {segmenter.device}: {len(inputs)} input(s) -> {out_dir}")
+    report = {"model": bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
+              "tta": segmenter.tta, "samples": segmenter.samples, "cases": [], "failed": [], "skipped": []}
+    explicit = {Path(item) for item in args.inputs}
+    fail_fast = args.fail_fast or len(inputs) == 1  # one input: its error is the whole story
+    # the bar goes to a terminal only; the per-case lines go through it, so that neither breaks the other
+    bar = tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2 or not sys.stderr.isatty())
+    for path in bar:
+        try:
+            case = _segment_one(segmenter, path, out_dir, args, targets, protected, path in explicit)
+        except DSSMError as exc:
+            if fail_fast or isinstance(exc, Cancelled):
+                raise
+            report["failed"].append({"input": str(path), "error": str(exc)})
+            tqdm.write(f"dssm: error: {exc}", file=sys.stderr)
+            continue
+        report["cases" if "output" in case else "skipped"].append(case)
+        tqdm.write(case.pop("line"))
+    bar.close()
     if args.timings:
-        target = Path(args.timings)
-        if world > 1:
-            target = target.with_name(f"{target.stem}.rank{rank}{target.suffix}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(report, indent=2) + "\n")
+        _write_timings(report, Path(args.timings), rank, world)
+    if report["failed"]:
+        print(f"dssm: {len(report['failed'])} of {len(inputs)} input(s) failed (listed above); "
+              f"{len(report['cases'])} segmented", file=sys.stderr)
+        return 2
     return 0
+
+
+def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, protected: set,
+                 named: bool) -> dict:
+    """Read, segment and write one input; the per-case record of ``--timings``, with the line to print."""
+    from .imageio import label_map_values, read_image, write_image_atomically
+    from .inference import Timings
+
+    timings = Timings()
+    t0 = time.perf_counter()
+    notes: list = []
+    image = read_image(path, notes)
+    timings.add("read", time.perf_counter() - t0)
+    for note in notes:
+        print(f"dssm: note: {note}", file=sys.stderr)
+    values = None if named else label_map_values(image)
+    if values is not None:  # found in a folder, and only a few integer values: a label map, not an image
+        return {"input": str(path), "reason": "label map", "line": f"skipped {path}: a label map (values "
+                f"{', '.join(map(str, values))}); name it on the command line to segment it anyway"}
+    outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2)
+    unplanned = {t: path for t in outputs if targets.get(t) != path}
+    if unplanned:  # a file type that held another dimension than its suffix says (a 3D TIFF, a 2D NRRD)
+        _refuse_unsafe_outputs(unplanned, protected, args.overwrite, out_dir)
+        clash = [t for t in unplanned if t in targets]
+        if clash:
+            raise DSSMError(f"{path} would be written as {clash[0]}, the output of {targets[clash[0]]}; "
+                            "segment them into different output folders")
+    labels = segmenter.segment(image, steps=args.steps, seed=args.seed, timings=timings,
+                               postprocess=not args.no_postprocess, name=str(path))
+    t0 = time.perf_counter()
+    write_image_atomically(labels, outputs[0], geometry_from=path if path.is_file() else None)
+    timings.add("write", time.perf_counter() - t0)
+    if args.overlay:
+        from .overlay import write_overlay
+
+        t0 = time.perf_counter()
+        write_overlay(image, labels, segmenter.bundle.labels, outputs[1])
+        timings.add("overlay", time.perf_counter() - t0)
+    stages = {k: round(v, 4) for k, v in timings.stages.items()}
+    line = (f"{path} -> {outputs[0]}  ({timings.total:.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            + ")")
+    return {"input": str(path), "output": str(outputs[0]), "seconds": round(timings.total, 4), "stages": stages,
+            "line": line}
+
+
+def _write_timings(report: dict, target: Path, rank: int, world: int) -> None:
+    from .imageio import atomic_output
+
+    if world > 1:
+        target = target.with_name(f"{target.stem}.rank{rank}{target.suffix}")
+    with atomic_output(target) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def cmd_train(args) -> int:
@@ -236,11 +381,8 @@ def cmd_models(args) -> int:
         labels = ", ".join(f"{lab.value} {lab.name}" for lab in m.labels)
         print(f"{m.name}  [{m.modality}; {m.architecture.kind}; K={m.default_steps}]  {m.path}")
         print(f"    labels: {labels}")
-        dice = m.validation_dice()
-        if dice:
-            print("    validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
-        for option, _, other in m.other_settings_dice():
-            print(f"      with {option}: " + ", ".join(f"{k} {v:.3f}" for k, v in other.items()))
+        for what, dice in m.dice_rows():
+            print(f"    {what}" + (": " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) if dice else ""))
     return 0
 
 
@@ -263,7 +405,10 @@ COMMANDS = {"segment": cmd_segment, "train": cmd_train, "cache": cmd_cache, "mod
 def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a mistake in the command (argparse printed it): its status
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[args.command](args)
     except DSSMError as exc:

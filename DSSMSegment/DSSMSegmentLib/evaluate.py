@@ -126,6 +126,30 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def record_cross_validation(bundle_name: str, metrics_files: List[Path], method: str, command: str) -> dict:
+    """Store in a bundle's ``model.json`` (``metrics.cross_validation``) the Dice of a cross-validation whose folds
+    were evaluated with ``dssm evaluate -o`` (one ``metrics.json`` per fold): per structure, the mean and sd over
+    all the folds' cases. For a model that trains on every case, so has no validation split of its own."""
+    per_case: Dict[str, List[float]] = {}
+    cases = 0
+    for path in metrics_files:
+        fold = json.loads(Path(path).read_text())
+        for result in fold["per_case"].values():
+            cases += 1
+            for structure, values in result.items():
+                per_case.setdefault(structure, []).append(values["dice"])
+    if not cases:
+        raise DSSMError(f"no fold results to record for {bundle_name}")
+    summary = {s: {"dice": {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v)), "n": len(v)}}
+               for s, v in per_case.items()}
+    bundle = resolve_model(bundle_name)
+    meta = json.loads((bundle.path / META_FILE).read_text())
+    meta.setdefault("metrics", {})["cross_validation"] = {"method": method, "n_cases": cases, "summary": summary,
+                                                          "command": command}
+    (bundle.path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return summary
+
+
 def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,

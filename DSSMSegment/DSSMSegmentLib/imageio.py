@@ -35,23 +35,66 @@ def has_image_suffix(path: Path) -> bool:
     return any(name.endswith(s) for s in IMAGE_SUFFIXES)
 
 
-def output_name(path: Path, is_2d: bool) -> str:
-    """``X.nii.gz`` for a volume and ``X.png`` for a 2D image, ``X`` being the input's name without suffix."""
-    name = path.name
+def stem_of(path: Path) -> str:
+    """The input's name without its image suffix (``x.nii.gz`` -> ``x``; a DICOM folder keeps its name)."""
+    name = Path(path).name
     for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name + (".png" if is_2d else ".nii.gz")
+            return name[: -len(suffix)]
+    return name
+
+
+def output_name(path: Path, is_2d: Optional[bool] = None) -> str:
+    """``X.nii.gz`` for a volume and ``X.png`` for a 2D image, ``X`` being the input's name without suffix.
+    Without ``is_2d``, a 2D file type (PNG, JPG, BMP, TIFF) is taken to hold a 2D image."""
+    if is_2d is None:
+        is_2d = Path(path).name.lower().endswith(IMAGE_SUFFIXES_2D)
+    return stem_of(path) + (".png" if is_2d else ".nii.gz")
+
+
+# What ``dssm segment`` writes beside a mask (X_overlay.png, X_uncertainty.*): never an input of a later run.
+OUTPUT_SUFFIXES = ("_overlay", "_uncertainty")
+# Names that mark a label map (a ground truth or an earlier mask), e.g. ACDC's patient001_frame01_gt.nii.gz,
+# ISIC's ISIC_0000000_segmentation.png
+LABEL_MAP_NAME = re.compile(r"(^|[_.-])(gt|seg|segmentation|labels?|labelmap|masks?)$", re.IGNORECASE)
+# A label map holds a few integer values; a real image (even 8-bit) holds many
+LABEL_MAP_MAX_VALUES = 8
 
 
 def is_dicom_folder(path: Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def expand_inputs(inputs: Iterable[str]) -> List[Path]:
-    """Files stay files; a DICOM series folder is one input; another folder gives its image files."""
+def skip_reason(path: Path) -> Optional[str]:
+    """Why a file found in a folder is not an image to segment (its name marks a label map or an output of
+    ``dssm segment``), or None."""
+    stem = stem_of(path)
+    if stem.lower().endswith(OUTPUT_SUFFIXES):
+        return "an output of dssm segment"
+    if LABEL_MAP_NAME.search(stem):
+        return "a label map, by its name"
+    return None
+
+
+def label_map_values(image: sitk.Image) -> Optional[list]:
+    """The values of an image that holds only a few non-negative integers (a label map), else None."""
+    if image.GetNumberOfComponentsPerPixel() != 1 or not np.issubdtype(
+            sitk.GetArrayViewFromImage(image).dtype, np.integer):
+        return None
+    array = sitk.GetArrayViewFromImage(image)
+    if array.min() < 0 or array.max() > 65535:
+        return None
+    counts = np.bincount(np.asarray(array, dtype=np.int64).ravel())
+    values = np.flatnonzero(counts)
+    return [int(v) for v in values] if len(values) <= LABEL_MAP_MAX_VALUES else None
+
+
+def expand_inputs(inputs: Iterable[str]) -> tuple:
+    """``(images, skipped)``. Files named on the command line are always inputs; a DICOM series folder is one
+    input; another folder gives its image files, less those :func:`skip_reason` names, which come back in
+    ``skipped`` as ``(path, reason)``."""
     found: List[Path] = []
+    skipped: List[tuple] = []
     for item in inputs:
         path = Path(item)
         if not path.exists():
@@ -62,10 +105,15 @@ def expand_inputs(inputs: Iterable[str]) -> List[Path]:
             found.append(path)
         else:
             children = sorted(p for p in path.iterdir() if (p.is_file() and has_image_suffix(p)) or is_dicom_folder(p))
+            for child in children:
+                reason = skip_reason(child)
+                if reason:
+                    skipped.append((child, reason))
+                else:
+                    found.append(child)
             if not children:
                 raise DSSMError(f"no images found in folder {path} (looked for NIfTI, NRRD, MHA, DICOM, PNG, JPG, BMP)")
-            found.extend(children)
-    return found
+    return found, skipped
 
 
 @contextmanager
@@ -137,7 +185,8 @@ def _nifti_header(path: Path) -> Optional[dict]:
     if not 1 <= ndim <= 7:
         return None
     return {"endian": endian, "size": list(dims[1:ndim + 1]), "datatype": datatype, "bitpix": bitpix,
-            "offset": offset, "gzip": opener is gzip.open}
+            "offset": offset, "gzip": opener is gzip.open, "version": 1 if len(head) < 540 or
+            struct.unpack(endian + "i", head[:4])[0] == 348 else 2}
 
 
 def _nifti_check_data(path: Path, header: dict) -> None:
@@ -173,12 +222,76 @@ def _nifti_check_data(path: Path, header: dict) -> None:
                         "header announces; copy or export the file again.")
 
 
-def read_image(path: Path) -> sitk.Image:
+# How far a NIfTI sform's rotation may be from orthonormal and still be read (as its nearest rotation): scanner
+# software writes float32 direction cosines that are off by about 1e-4 (an M&Ms GE cine), which ITK refuses.
+DIRECTION_TOLERANCE = 1e-2
+_NIFTI1_GEOMETRY = (("pixdim", 76, "8f"), ("xyzt_units", 123, "b"), ("codes", 252, "2h"),
+                    ("quatern", 256, "6f"), ("srow", 280, "12f"))
+
+
+def _nifti1_fields(head: bytes, endian: str) -> dict:
+    return {name: struct.unpack_from(endian + fmt, head, offset) for name, offset, fmt in _NIFTI1_GEOMETRY}
+
+
+def _read_nifti_bytes(path: Path) -> bytes:
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(path, "rb") as f:
+        return f.read()
+
+
+def _nearest_orthonormal_sform(path: Path, header: Optional[dict]) -> Optional[tuple]:
+    """For a NIfTI-1 file with an sform: ``(file bytes, sform with its rotation replaced by the nearest
+    orthonormal one (same spacing and origin), deviation of the original rotation from orthonormal)``."""
+    if header is None or header.get("version") != 1:
+        return None
+    data = bytearray(_read_nifti_bytes(path))
+    fields = _nifti1_fields(bytes(data[:348]), header["endian"])
+    if fields["codes"][1] <= 0:  # no sform: ITK reads the qform (always orthonormal), so nothing to repair
+        return None
+    srow = np.array(fields["srow"], dtype=np.float64).reshape(3, 4)
+    spacing = np.linalg.norm(srow[:, :3], axis=0)
+    if not (spacing > 0).all():
+        return None
+    rotation = srow[:, :3] / spacing
+    u, _, vt = np.linalg.svd(rotation)
+    srow[:, :3] = (u @ vt) * spacing  # the nearest rotation (polar decomposition), each axis its own spacing
+    return data, srow, float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+
+
+def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Optional[sitk.Image]:
+    """Read a NIfTI-1 file that ITK refused for non-orthonormal direction cosines, if they are off by at most
+    :data:`DIRECTION_TOLERANCE`: from a temporary copy whose sform holds the nearest orthonormal rotation."""
+    found = _nearest_orthonormal_sform(path, header)
+    if found is None:
+        return None
+    data, srow, deviation = found
+    if deviation > DIRECTION_TOLERANCE:
+        raise DSSMError(f"cannot read {path}: its direction cosines are off orthonormal by {deviation:.1e}, more than "
+                        f"the {DIRECTION_TOLERANCE:g} that DSSMSegment corrects; the header's orientation (sform) is "
+                        "broken: fix it, or re-export the image from the scanner or a converter (dcm2niix)")
+    struct.pack_into(header["endian"] + "12f", data, 280, *srow.ravel())
+    fd, tmp = tempfile.mkstemp(prefix="dssm-repaired-", suffix=".nii")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        image = sitk.ReadImage(tmp)
+    finally:
+        os.remove(tmp)
+    if notes is not None:
+        notes.append(f"{path}: direction cosines off orthonormal by {deviation:.1e}; read with the nearest "
+                     "orthonormal direction (the mask keeps the input's own header geometry)")
+    return image
+
+
+def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
     """Read a file or a DICOM series folder; raise a DSSMError if it is not an image.
 
     Library chatter on stderr is silenced. NIfTI files get checks of our own (see :func:`_nifti_check_data`),
     because the NIfTI reader hides a zero-sized dimension (it prints a C-level error and reports an
-    unrecognised file), truncated data and NaN/inf voxels (it silently reads both as 0).
+    unrecognised file), truncated data and NaN/inf voxels (it silently reads both as 0). A NIfTI-1 file whose
+    direction cosines are off orthonormal by at most :data:`DIRECTION_TOLERANCE` (refused by ITK) is read with
+    its nearest orthonormal direction; a line saying so is appended to ``notes``.
     """
     path = Path(path)
     header = _nifti_header(path)
@@ -194,7 +307,12 @@ def read_image(path: Path) -> sitk.Image:
                 reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
                 image = reader.Execute()
             else:
-                image = sitk.ReadImage(str(path))
+                try:
+                    image = sitk.ReadImage(str(path))
+                except RuntimeError as exc:
+                    image = _read_repaired_nifti(path, header, notes) if "orthonormal" in str(exc) else None
+                    if image is None:
+                        raise
     except RuntimeError as exc:
         raise DSSMError(
             f"cannot read {path}: not an image that SimpleITK can read (NIfTI, NRRD, MHA, DICOM series, "
@@ -269,16 +387,25 @@ def label_image_like(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return out
 
 
-def write_image_atomically(image: sitk.Image, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a failure never leaves a partial file."""
+def _file_mode() -> int:
+    """The mode a new file gets under the user's umask (mkstemp's files are 0600 whatever the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_output(path: Path, suffix: str = ""):
+    """Yield a temporary path in ``path``'s folder to write to; on success it replaces ``path`` (with the mode
+    the user's umask gives new files), on any failure it is removed: never a partial file at ``path``."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix or "".join(path.suffixes[-2:]), dir=path.parent)
         os.close(fd)
-        sitk.WriteImage(image, tmp, True)
+        yield Path(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
@@ -287,3 +414,36 @@ def write_image_atomically(image: sitk.Image, path: Path) -> None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _sitk_reason(exc)
             raise DSSMError(f"cannot write {path}: {reason}; nothing was written there") from None
         raise
+
+
+def _copy_nifti_geometry(source: Path, target: Path) -> None:
+    """Give the NIfTI-1 file ``target`` the header geometry (pixdim, units, qform and sform) of ``source``, a
+    NIfTI-1 file of the same size: the mask then overlays its image in any viewer exactly as the image's own
+    header places it (ITK rewrites both transforms from its orthonormal direction)."""
+    src, dst = _nifti_header(source), _nifti_header(target)
+    if not src or not dst or src.get("version") != 1 or dst.get("version") != 1 or src["size"][:3] != dst["size"][:3]:
+        return
+    with open(source, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if gz else open)(source, "rb") as f:
+        fields = _nifti1_fields(f.read(348), src["endian"])
+    data = bytearray(_read_nifti_bytes(target))
+    for name, offset, fmt in _NIFTI1_GEOMETRY:
+        values = list(fields[name])
+        if name == "pixdim":  # keep the target's own time step and the rest; the spatial part is the source's
+            values = values[:4] + list(struct.unpack_from(dst["endian"] + "4f", data, 92))
+        struct.pack_into(dst["endian"] + fmt, data, offset, *values)
+    with (gzip.open(target, "wb", compresslevel=6) if dst["gzip"] else open(target, "wb")) as f:
+        f.write(data)
+
+
+def write_image_atomically(image: sitk.Image, path: Path, geometry_from: Optional[Path] = None) -> None:
+    """Write to a temporary file in the same folder, then rename: a failure never leaves a partial file. The
+    file gets the mode that the user's umask gives new files. With ``geometry_from`` (the input's path), a NIfTI
+    output of a NIfTI input keeps the input's own header geometry (:func:`_copy_nifti_geometry`)."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    with atomic_output(path, suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+        if geometry_from is not None and path.name.endswith((".nii", ".nii.gz")):
+            _copy_nifti_geometry(Path(geometry_from), tmp)

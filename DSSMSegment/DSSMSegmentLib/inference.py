@@ -47,8 +47,10 @@ def pick_device(requested: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested in ("gpu", "cuda") or requested.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DSSMError("--device cuda was requested but no CUDA GPU is available to PyTorch "
-                            f"(torch {torch.__version__}); use --device cpu or auto, or install a CUDA build of torch")
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise DSSMError(f"a GPU was requested (--device {requested}) but PyTorch sees none (torch "
+                            f"{torch.__version__}, {build}); use --device cpu or auto, or install a CUDA build of "
+                            "torch that matches your NVIDIA driver")
         return torch.device("cuda" if requested == "gpu" else requested)
     if requested == "cpu":
         return torch.device("cpu")

@@ -17,9 +17,41 @@ def _gray(slice_hw: np.ndarray) -> np.ndarray:
     return (np.clip((slice_hw - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
+GAP = 4  # black pixels between two panels of a montage (none around the picture)
+
+
+def _draw_legend(panel: np.ndarray, label_infos: Sequence, caption: str = "") -> np.ndarray:
+    """Write the label names beside their colours in the panel's top-left corner, and ``caption`` (the slice
+    number) in its bottom-left corner, each on a dark translucent box; the panel keeps its size."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = panel.shape[:2]
+    size = int(np.clip(min(h, w) / 22, 9, 28))
+    font = ImageFont.load_default(size=size)
+    picture = Image.fromarray(panel).convert("RGBA")
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    pad, line = max(2, size // 4), size + max(2, size // 4)
+    names = [info.name for info in label_infos]
+    text_w = max((draw.textlength(n, font=font) for n in names), default=0)
+    draw.rectangle([0, 0, pad * 3 + size + text_w, pad * 2 + line * len(names)], fill=(0, 0, 0, 150))
+    for i, info in enumerate(label_infos):
+        top = pad + i * line
+        draw.rectangle([pad, top + 1, pad + size - 2, top + size - 1], fill=tuple(info.color) + (255,))
+        draw.text((pad * 2 + size, top), info.name, fill=(255, 255, 255, 255), font=font)
+    if caption:
+        cw = draw.textlength(caption, font=font)
+        draw.rectangle([0, h - line - pad, cw + pad * 2, h], fill=(0, 0, 0, 150))
+        draw.text((pad, h - line - pad // 2), caption, fill=(255, 255, 255, 255), font=font)
+    return np.asarray(Image.alpha_composite(picture, layer).convert("RGB"))
+
+
 def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_panels: int = 6,
            alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture: the slices with the most foreground (in slice order), mask blended in colour."""
+    """RGB uint8 picture: the slices with the most foreground (in slice order), mask blended in colour, each
+    volume slice captioned with its number (1-based, along the axis it was segmented on), the label names and
+    colours in the first panel's corner. A 2D image's picture has the image's own size; a montage puts
+    :data:`GAP` pixels between panels only."""
     from scipy import ndimage
 
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -38,7 +70,7 @@ def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_pan
     inplane = [s for i, s in enumerate(spacing) if i != axis]
     colors = {info.value: np.array(info.color, dtype=np.float32) for info in label_infos}
     panels = []
-    for s in picks:
+    for k, s in enumerate(picks):
         img = arr[s]
         base = np.stack([_gray(img)] * 3, -1) if img.ndim == 2 else _gray(img)
         out = base.astype(np.float32)
@@ -56,14 +88,22 @@ def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_pan
 
             h, w = panel.shape[:2]
             panel = np.asarray(Image.fromarray(panel).resize((w, max(1, round(h * ratio)))))
-        panels.append(panel)
+        caption = f"slice {s + 1}/{lab.shape[0]}" if lab.shape[0] > 1 else ""
+        panels.append(_draw_legend(panel, label_infos if k == 0 else [], caption))
     h = max(p.shape[0] for p in panels)
-    padded = [np.pad(p, ((0, h - p.shape[0]), (0, 4), (0, 0))) for p in panels]
-    return np.concatenate(padded, axis=1)
+    gap = np.zeros((h, GAP, 3), dtype=np.uint8)
+    row = []
+    for i, p in enumerate(panels):
+        row += ([gap] if i else []) + [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)))]
+    return np.concatenate(row, axis=1)
 
 
 def write_overlay(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, path: Path) -> Path:
+    """Write :func:`render`'s picture as a PNG, atomically (never a partial file at ``path``)."""
     from PIL import Image
 
-    Image.fromarray(render(image, labels, label_infos)).save(path)
+    from .imageio import atomic_output
+
+    with atomic_output(Path(path), ".png") as tmp:
+        Image.fromarray(render(image, labels, label_infos)).save(tmp, format="PNG")
     return Path(path)

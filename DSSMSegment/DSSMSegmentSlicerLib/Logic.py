@@ -67,13 +67,9 @@ def modelDescription(bundle: "ModelBundle") -> str:
     swatches = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>&nbsp;{escape(label.name)}'
                 for label in bundle.labels for r, g, b in [label.color]]
     lines.append("Labels: " + ", ".join(swatches))
-    dice = bundle.validation_dice()
-    if dice:
-        lines.append("Validation Dice: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in dice.items()))
-        for _, setting, other in bundle.other_settings_dice():
-            lines.append(f"With {setting}: " + ", ".join(f"{escape(name)} {value:.3f}" for name, value in other.items()))
-    else:
-        lines.append("No validation metrics recorded for this model yet.")
+    for what, dice in bundle.dice_rows():
+        lines.append(escape(what[:1].upper() + what[1:]) + (": " + ", ".join(
+            f"{escape(name)} {value:.3f}" for name, value in dice.items()) if dice else "."))
     return "<br>".join(lines)
 
 
