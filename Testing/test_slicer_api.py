@@ -96,6 +96,18 @@ def test_snapshot_pins_its_sources():
     assert SNAPSHOT.stat().st_size < 120_000, "the snapshot should stay small: facts the module uses"
 
 
+def test_docs_name_the_checked_versions():
+    """docs/slicer-api.md and the README name the versions, commits and date of the snapshot."""
+    raw = json.loads(SNAPSHOT.read_text())
+    docs = (ROOT / "docs" / "slicer-api.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert raw["date"] in docs and raw["date"] in readme
+    for version in raw["versions"]:
+        assert version["name"] in readme and version["name"] in docs
+        for source in ("Slicer", "CTK", "SlicerPyTorch"):
+            assert version["sources"][source]["commit"] in docs
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The module fits every version
 
