@@ -138,42 +138,49 @@ def normalizeSignal(signature: str) -> str:
 
 
 class Qt:
-    """Plain Qt classes, through PySide6."""
+    """Plain Qt classes, through PySide6.
 
-    _cache: Dict[str, Optional[dict]] = {}
+    The facts of every class of QtCore, QtGui and QtWidgets are read once, when this module is imported (a
+    fifth of a second): a class's ``staticMetaObject`` can become unusable later in the same process, after
+    other tests have created and deleted widgets of that class (PySide6 shares the wrapper by address)."""
+
+    _table: Dict[str, dict] = {}
 
     @classmethod
     def info(cls, name: str) -> Optional[dict]:
-        if name not in cls._cache:
-            cls._cache[name] = cls._load(name)
-        return cls._cache[name]
+        if not cls._table:
+            cls._table = cls._loadAll()
+        return cls._table.get(name)
 
     @staticmethod
-    def _load(name: str) -> Optional[dict]:
+    def _loadAll() -> Dict[str, dict]:
         from PySide6 import QtCore, QtGui, QtWidgets
         from PySide6.QtCore import QMetaMethod
 
-        for module in (QtWidgets, QtCore, QtGui):
-            qclass = getattr(module, name, None)
-            if isinstance(qclass, type):
-                break
-        else:
-            return None
-        members = set(dir(qclass))
-        meta = getattr(qclass, "staticMetaObject", None)
-        properties, signals, slots = set(), set(), set()
-        if meta is not None:
-            for i in range(meta.propertyCount()):
-                properties.add(str(meta.property(i).name()))
-            for i in range(meta.methodCount()):
-                method = meta.method(i)
-                signature = bytes(method.methodSignature()).decode()
-                if method.methodType() == QMetaMethod.MethodType.Signal:
-                    signals.add(signature)
-                elif method.methodType() == QMetaMethod.MethodType.Slot:
-                    slots.add(signature)
-        return {"class": qclass, "members": members, "properties": properties, "signals": signals,
-                "slots": slots, "module": qclass.__module__}
+        table = {}
+        for module in (QtGui, QtCore, QtWidgets):  # a name in more than one: QtWidgets's wins
+            for name in dir(module):
+                qclass = getattr(module, name)
+                if not isinstance(qclass, type):
+                    continue
+                meta = getattr(qclass, "staticMetaObject", None)
+                properties, signals, slots = set(), set(), set()
+                if meta is not None:
+                    for i in range(meta.propertyCount()):
+                        properties.add(str(meta.property(i).name()))
+                    for i in range(meta.methodCount()):
+                        method = meta.method(i)
+                        signature = bytes(method.methodSignature()).decode()
+                        if method.methodType() == QMetaMethod.MethodType.Signal:
+                            signals.add(signature)
+                        elif method.methodType() == QMetaMethod.MethodType.Slot:
+                            slots.add(signature)
+                table[name] = {"class": qclass, "members": set(dir(qclass)), "properties": properties,
+                               "signals": signals, "slots": slots, "module": qclass.__module__}
+        return table
+
+
+Qt.info("QObject")  # read them now (see the class's docstring)
 
 
 # ---------------------------------------------------------------------------------------------------------
