@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).resolve().parent / "Data" / "slicer_api_snapshot.json"
 MODULE = ROOT / "DSSMSegment"
 UI_FILE = MODULE / "Resources" / "UI" / "DSSMSegment.ui"
-UI_PATH = str(UI_FILE.relative_to(ROOT))
+UI_PATH = UI_FILE.relative_to(ROOT).as_posix()
 MODULE_NAME = "DSSMSegment"
 
 # Members that PythonQt adds to every wrapped QObject.
@@ -1423,7 +1423,7 @@ def moduleFiles() -> Dict[str, str]:
     """Every Python file of the Slicer module (``DSSMSegment.py`` and ``DSSMSegmentSlicerLib/``), by path
     relative to the repository."""
     paths = [MODULE / "DSSMSegment.py", *sorted((MODULE / "DSSMSegmentSlicerLib").glob("*.py"))]
-    return {str(p.relative_to(ROOT)): p.read_text() for p in paths}
+    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in paths}
 
 
 def check(version: dict, files: Optional[Dict[str, str]] = None, uiText: Optional[str] = None,
