@@ -16,12 +16,15 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm, same_grid
+from conftest import (CXR, MODELS, PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm,
+                      same_grid)
 from DSSMSegmentLib import cli
 from DSSMSegmentLib.bundle import ModelBundle
 from DSSMSegmentLib.datasets import load_cache
 from DSSMSegmentLib.imageio import read_image
 from DSSMSegmentLib.inference import Segmenter
+from DSSMSegmentLib.networks import build_model, load_semantic_state, semantic_state
+from DSSMSegmentLib.plan import ArchitectureConfig
 from DSSMSegmentLib.recipes import get_recipe
 from DSSMSegmentLib.training import TrainConfig, training_split
 
@@ -136,6 +139,34 @@ def test_resume_continues_from_the_checkpoint(dssm_run, tmp_path) -> None:
     assert [int(r["iteration"]) for r in read_log(run)] == [2, 4, 6]
     meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())
     assert meta["training"]["iterations"] == 6
+
+
+def test_a_run_stopped_at_every_iteration_ends_exactly_as_an_uninterrupted_one(dssm_run, tmp_path) -> None:
+    """--stop-after stops a call (checkpointed, with its random generators) and the same command resumes it: the
+    learning-rate schedule, the batches and the augmentations go on as if there had been no stop, so the final
+    weights are bit for bit those of the run that never stopped. The log records the training speed."""
+    cache = dssm_run / "cache.npz"
+    whole = run_dssm(["train", *TINY, "--iterations", "3", "--val-every", "0.5", "--out", tmp_path / "whole",
+                      "--cache", cache], cwd=tmp_path)
+    assert whole.returncode == 0, describe(whole)
+    calls = 0
+    while not (tmp_path / "stopped" / "bundle").exists():
+        calls += 1
+        assert calls <= 4, "the run does not finish"
+        proc = run_dssm(["train", *TINY, "--iterations", "3", "--val-every", "0.5", "--stop-after", "0.00001",
+                         "--out", tmp_path / "stopped", "--cache", cache], cwd=tmp_path)
+        assert proc.returncode == 0, describe(proc)
+        if calls < 3:
+            assert f"at iteration {calls} " in proc.stdout and "run the same command again" in proc.stdout, proc.stdout
+    assert calls == 3
+    a = ModelBundle(tmp_path / "whole" / "bundle" / "prostate-t2-mri").load_network(torch.device("cpu")).state_dict()
+    b = ModelBundle(tmp_path / "stopped" / "bundle" / "prostate-t2-mri").load_network(torch.device("cpu")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    rows = read_log(tmp_path / "stopped")
+    assert [int(r["iteration"]) for r in rows] == [2, 3]
+    assert all(float(r["samples_per_second"]) > 0 for r in rows)
+    meta = json.loads((tmp_path / "stopped" / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    assert meta["training"]["iterations"] == 3 and meta["training"]["samples_per_second"] > 0
 
 
 def test_discriminative_baseline_tiny_run(dssm_run, tmp_path) -> None:
@@ -287,3 +318,51 @@ def test_likelihood_loss_adds_the_bayesian_head_alone_to_the_loss() -> None:
     o = with_seed(lambda: network.training_forward(x, F.one_hot(target, 3).permute(0, 3, 1, 2).float()))
     torch.testing.assert_close(weighted, plain + 0.7 * dice_ce_loss(o.likelihood, target))
     torch.testing.assert_close(o.final - o.likelihood, torch.log_softmax(o.decoded, dim=1))
+
+
+def test_two_stage_dssm_at_k0_is_its_baseline_and_starts_as_it_at_any_k() -> None:
+    """Two-stage DSSM (``refiner: residual``) on a real trained baseline: K = 0 gives the baseline's logits
+    exactly, and so does an untrained generative half at K = 4 (its correction starts at zero), so whatever the
+    chain adds after training is measured against the baseline itself."""
+    baseline = ModelBundle(MODELS.parent.parent.parent / "Baselines" / "lungs-cxr-baseline")
+    plain = baseline.load_network(torch.device("cpu"))
+    arch = ArchitectureConfig.from_dict(dict(baseline.architecture.to_dict(), kind="dssm", refiner="residual"))
+    two_stage = build_model(arch)
+    load_semantic_state(two_stage, semantic_state(plain))
+    two_stage.eval()
+    x = torch.from_numpy(np.array(Image.open(CXR / "images" / "MCUCXR_0006_0.png").convert("F"))[None, None])
+    x = (x - x.mean()) / x.std()
+    with torch.inference_mode():
+        expected = plain(x)
+        assert torch.equal(two_stage(x, steps=0), expected)
+        assert torch.equal(two_stage(x, steps=4, generator=[torch.Generator().manual_seed(0)]), expected)
+    with torch.no_grad():  # a trained correction moves the output, and only for K > 0
+        two_stage.residual.out.bias.copy_(torch.tensor([0.0, 1.0]))
+        assert torch.equal(two_stage(x, steps=0), expected)
+        assert torch.allclose(two_stage(x, steps=2, generator=[torch.Generator().manual_seed(0)]),
+                              expected + torch.tensor([0.0, 1.0])[:, None, None], atol=1e-5)
+
+
+def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> None:
+    """``dssm train --refiner residual --init-semantic BASELINE``: the semantic module and its head stay the
+    baseline's to the bit (BatchNorm statistics too) while the generative half and the residual head learn; without a
+    baseline the command is refused in one line."""
+    cache = dssm_run / "cache.npz"
+    proc = run_dssm(["train", *TINY, "--baseline", "--iterations", "2", "--val-every", "1", "--out", "base",
+                     "--cache", cache], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    donor = tmp_path / "base" / "bundle" / "prostate-t2-mri-baseline"
+    proc = run_dssm(["train", *TINY, "--refiner", "residual", "--init-semantic", donor, "--iterations", "3",
+                     "--val-every", "1", "--out", "stage2", "--cache", cache], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    bundle = ModelBundle(tmp_path / "stage2" / "bundle" / "prostate-t2-mri")
+    assert bundle.architecture.refiner == "residual"
+    trained = bundle.load_network(torch.device("cpu")).state_dict()
+    baseline = ModelBundle(donor).load_network(torch.device("cpu")).state_dict()
+    first_stage = [k for k in baseline if k.startswith("semantic.")]
+    assert first_stage and all(torch.equal(trained[k], baseline[k]) for k in first_stage)
+    assert torch.equal(trained["first_head.weight"], baseline["head.weight"])
+    assert trained["residual.out.weight"].abs().sum() > 0, "the residual head did not learn"
+    proc = run_dssm(["train", *TINY, "--refiner", "residual", "--iterations", "1", "--out", "alone", "--cache", cache],
+                    cwd=tmp_path)
+    assert "--init-semantic BASELINE_BUNDLE" in assert_one_error_line(proc.returncode, proc.stderr)

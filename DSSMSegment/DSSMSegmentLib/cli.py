@@ -95,7 +95,13 @@ def _add_train(sub) -> None:
     p.add_argument("--data", default=None, help="dataset name(s) joined by '+', or NAME=FOLDER")
     p.add_argument("--cache", default=None, help="preprocessed cache (.npz); built if missing")
     p.add_argument("--iterations", type=_count(0), default=0, help="budget in iterations")
-    p.add_argument("--minutes", type=float, default=0.0, help="budget in minutes of training time")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="budget in minutes of training time (the learning-rate schedule then follows the clock; "
+                        "prefer --iterations, whose schedule is the same however often the run resumes)")
+    p.add_argument("--stop-after", type=float, default=0.0, metavar="MINUTES",
+                   help="stop this call after MINUTES (checkpointed); the same command resumes it (0: never)")
+    p.add_argument("--checkpoint-every", type=float, default=5.0, metavar="MINUTES",
+                   help="also checkpoint every MINUTES of training, so that a lost run loses at most that")
     p.add_argument("--batch-size", type=_count(1), default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the augmentation")
@@ -111,6 +117,10 @@ def _add_train(sub) -> None:
     p.add_argument("--init-semantic", default=None,
                    help="take the semantic module and its pixel classifier from this bundle of the same recipe, "
                         "e.g. the trained baseline (discriminative pretraining); the rest from --init or new")
+    p.add_argument("--refiner", choices=["bayes", "residual"], default="bayes",
+                   help="DSSM's output: 'bayes', the Bayesian head's posterior, trained end to end; 'residual', a "
+                        "two-stage DSSM: the generative half trains on top of the frozen --init-semantic baseline and "
+                        "corrects its logits, so that K = 0 is exactly that baseline")
     p.add_argument("--likelihood-loss", type=float, default=0.0,
                    help="DSSM: weight of an extra loss on the Bayesian head's likelihood alone, without its prior")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")
@@ -340,7 +350,8 @@ def cmd_train(args) -> int:
         device=args.device, default_steps=args.steps, name=args.name,
         init=Path(args.init) if args.init else None,
         init_semantic=Path(args.init_semantic) if args.init_semantic else None,
-        likelihood_weight=args.likelihood_loss,
+        likelihood_weight=args.likelihood_loss, refiner=args.refiner, checkpoint_minutes=args.checkpoint_every,
+        stop_after_minutes=args.stop_after,
     )
     bundle = train(cfg)
     if bundle is not None:

@@ -295,6 +295,24 @@ class DiscriminativeBaseline(nn.Module):
         return self.head(F.leaky_relu(features, 0.01))
 
 
+class ResidualHead(nn.Module):
+    """Two-stage DSSM's correction to the first stage's logits, at full resolution, from the pixel features, the
+    label features of the chain's latent, its decoded label logits and the Bayesian head's class likelihoods.
+    Narrow (a 1x1 reduction, then two 3x3 convolutions at 16 channels: about a tenth of the semantic module's
+    arithmetic), and its last layer starts at zero, so that an untrained head leaves the first stage unchanged."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, width, 1), nn.SiLU(True),
+                                  nn.Conv2d(width, width, 3, padding=1), nn.SiLU(True))
+        self.out = nn.Conv2d(width, num_classes, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(inputs))
+
+
 @dataclass
 class TrainingOutputs:
     """Everything the DSSM training loss needs from one forward pass."""
@@ -325,8 +343,29 @@ class DSSM(nn.Module):
         self.denoiser = LatentDenoiser(cfg.latent_channels, quarter, cfg.denoiser_width, temb_dim)
         self.label_features = nn.Conv2d(quarter, cfg.feature_channels, 1)
         self.bayes = BayesianHead(cfg.feature_channels, cfg.num_classes, cfg.gmm_components)
+        if cfg.refiner == "residual":
+            self.residual = ResidualHead(2 * cfg.feature_channels + 2 * cfg.num_classes, cfg.num_classes)
+        elif cfg.refiner != "bayes":
+            raise ValueError(f"unknown refiner {cfg.refiner!r} (expected 'bayes' or 'residual')")
         self.schedule = CosineSchedule(cfg.timesteps)
         self._temb_dim = temb_dim
+
+    @property
+    def two_stage(self) -> bool:
+        """The first stage (semantic module and its plain head) is a frozen discriminative baseline, and the
+        output is its logits plus the chain's residual correction (:class:`ResidualHead`)."""
+        return self.cfg.refiner == "residual"
+
+    def correction(self, features: torch.Tensor, label: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """Two-stage DSSM: the residual head's correction from the pixel features, the chain's label features
+        (``label``, any resolution), its decoded label logits and the Bayesian head's log-likelihoods."""
+        size = features.shape[-2:]
+        label = F.interpolate(label, size=size, mode="bilinear", align_corners=False)
+        likelihood = self.bayes.log_likelihood(F.normalize(features.float(), dim=1))
+        likelihood = likelihood - likelihood.amax(1, keepdim=True)  # class evidence relative to the best class
+        inputs = torch.cat([features, label.to(features.dtype), torch.log_softmax(decoded.float(), 1).to(features.dtype),
+                            likelihood.to(features.dtype)], dim=1)
+        return self.residual(inputs).float()
 
     # -- the pieces ------------------------------------------------------------------------------------
     def temb(self, t: torch.Tensor) -> torch.Tensor:
@@ -341,8 +380,7 @@ class DSSM(nn.Module):
                   log_prior: torch.Tensor) -> torch.Tensor:
         """Bayesian refinement: label features from ``FFM(features, z_hat, 0)`` enter the pixel features, and
         the class-conditional likelihood is combined with the generative prior."""
-        t0 = torch.zeros(z_hat.shape[0], dtype=torch.long, device=z_hat.device)
-        label = self.label_features(self.ffm(quarter, z_hat, self.temb(t0)))
+        label = self.label_features(self._label_condition(quarter, z_hat))
         label = F.interpolate(label, size=features.shape[-2:], mode="bilinear", align_corners=False)
         f = F.normalize((features + label).float(), dim=1)
         return self.bayes(f, log_prior)
@@ -366,6 +404,8 @@ class DSSM(nn.Module):
             return self._forward_reference(x, steps, generator, step_callback, samples)
         features, quarter = self.semantic(x)
         first = self._first_logits(features)
+        if self.two_stage and steps <= 0:
+            return first  # K = 0: the first stage alone, exactly its discriminative baseline
         first_prob = torch.softmax(first, dim=1)
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))
         base = self.ffm.precompute(quarter)
@@ -374,21 +414,35 @@ class DSSM(nn.Module):
         del first_prob
         z_hat = self._markov_latent(self._denoise_precomputed, base, z_first, steps, generator, step_callback,
                                     samples)
-        prior = torch.log_softmax(self.autoencoder.decode(z_hat.to(x.dtype)).float(), dim=1)
-        return self._refine(features, base, z_hat, prior)
+        decoded = self.autoencoder.decode(z_hat.to(x.dtype)).float()
+        if self.two_stage:
+            temb = self._timestep_embedding_once(torch.zeros(1, dtype=torch.long, device=z_hat.device))
+            label = self.label_features(self.ffm.forward_precomputed(base, z_hat, temb).to(_compute_dtype(base, z_hat)))
+            return first + self.correction(features, label, decoded)
+        return self._refine(features, base, z_hat, torch.log_softmax(decoded, dim=1))
 
     def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
                            step_callback=None, samples: int = 1) -> torch.Tensor:
         """:meth:`forward` written with :meth:`denoise` and :meth:`posterior` only (the original formulation)."""
         features, quarter = self.semantic(x)
         first = self.first_head(F.leaky_relu(features, 0.01)).float()
+        if self.two_stage and steps <= 0:
+            return first
         first_prob = torch.softmax(first, dim=1)
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))
         if steps <= 0:
             return self.posterior(features, quarter, z_first, torch.log_softmax(first, dim=1))
         z_hat = self._markov_latent(self.denoise, quarter, z_first, steps, generator, step_callback, samples)
-        prior = torch.log_softmax(self.autoencoder.decode(z_hat.to(x.dtype)).float(), dim=1)
-        return self.posterior(features, quarter, z_hat, prior)
+        decoded = self.autoencoder.decode(z_hat.to(x.dtype)).float()
+        if self.two_stage:
+            return first + self.correction(features, self.label_features(self._label_condition(quarter, z_hat)),
+                                           decoded)
+        return self.posterior(features, quarter, z_hat, torch.log_softmax(decoded, dim=1))
+
+    def _label_condition(self, quarter: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
+        """``FFM(features, z_hat, t = 0)``: the fused condition of a clean latent."""
+        t0 = torch.zeros(z_hat.shape[0], dtype=torch.long, device=z_hat.device)
+        return self.ffm(quarter, z_hat, self.temb(t0))
 
     def _markov_latent(self, denoise, cond: torch.Tensor, z_first: torch.Tensor, steps: int, generator: Generators,
                        step_callback, samples: int) -> torch.Tensor:
@@ -442,17 +496,31 @@ class DSSM(nn.Module):
         the ground-truth latent.
         """
         b = x.shape[0]
-        features, quarter = self.semantic(x)
-        first = self.first_head(F.leaky_relu(features, 0.01)).float()
+        if self.two_stage:  # the first stage is frozen: no gradient, no BatchNorm statistics updated
+            with torch.no_grad():
+                self.semantic.eval()
+                features, quarter = self.semantic(x)
+                first = self.first_head(F.leaky_relu(features, 0.01)).float()
+        else:
+            features, quarter = self.semantic(x)
+            first = self.first_head(F.leaky_relu(features, 0.01)).float()
         first_prob = torch.softmax(first, dim=1)
         z_gt = self.autoencoder.encode(onehot.to(x.dtype))
         z_first_detached = self.autoencoder.encode(first_prob.detach().to(x.dtype))
         use_gt = (torch.rand(b, device=x.device) < 0.5)[:, None, None, None]
         z_src = torch.where(use_gt, z_gt.detach(), z_first_detached)
-        t = torch.randint(1, self.cfg.timesteps + 1, (b,), device=x.device)
+        # two-stage: only the noise levels the chain visits (it starts at markov_start x T)
+        highest = round(self.cfg.markov_start * self.cfg.timesteps) if self.two_stage else self.cfg.timesteps
+        t = torch.randint(1, max(1, highest) + 1, (b,), device=x.device)
         z_t = self.schedule.add_noise(z_src, torch.randn_like(z_src), t)
         z0_pred = self.denoise(quarter, z_t, t)
         decoded = self.autoencoder.decode(z0_pred).float()
+        if self.two_stage:
+            final = first + self.correction(features, self.label_features(self._label_condition(quarter, z0_pred)),
+                                            decoded)
+            likelihood = self.bayes.log_likelihood(F.normalize(features.float(), dim=1))
+            return TrainingOutputs(final, first, first, decoded, self.autoencoder.decode(z_gt).float(), z0_pred,
+                                   z_gt.detach(), likelihood)
         likelihood = self.posterior(features, quarter, z0_pred, torch.zeros_like(decoded))
         final = likelihood + torch.log_softmax(decoded, dim=1)  # = posterior(..., log_softmax(decoded))
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))

@@ -25,6 +25,10 @@ class ArchitectureConfig:
     denoiser_width: int = 32
     timesteps: int = 1000
     markov_start: float = 0.5  # noise level (fraction of T) at which the stable chain starts
+    # How DSSM's output is formed: "bayes" (the first models): the Bayesian head's posterior with the decoded
+    # latent as its prior; "residual" (two-stage DSSM): the frozen first stage's logits (its discriminative
+    # baseline) plus a zero-initialised correction from the chain, so that K = 0 is exactly the baseline.
+    refiner: str = "bayes"
     extra: dict = field(default_factory=dict)
 
     @property

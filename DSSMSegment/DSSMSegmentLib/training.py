@@ -1,9 +1,12 @@
 """``dssm train``: end-to-end training from the compact cache, on one device or under ``torchrun`` (DDP).
 
 The loop is iteration-based with a budget given either in iterations or in minutes of training time; the
-learning rate follows warm-up and cosine decay over the *fraction of the budget done*, so a run that must
-stop (a 10-minute slot on a lent GPU) checkpoints and resumes exactly where it was. Each validation writes
-a row to ``log.csv`` and redraws ``curves.png``; the end writes a model bundle with EMA weights.
+learning rate follows warm-up and cosine decay over the *fraction of the budget done*. A run checkpoints at
+each validation and every ``checkpoint_minutes`` of training, with its random number generators, so a run
+stopped at any moment (``--stop-after`` for a slot on a lent GPU, Ctrl-C, a lost session) resumes from its last
+checkpoint exactly as if it had not stopped: with an iteration budget, the same weights to the last bit on the
+CPU. Each validation writes a row to ``log.csv`` (with the training speed in samples per second) and redraws
+``curves.png``; the end writes a model bundle with EMA weights.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class TrainConfig:
     init: Optional[Path] = None  # warm start from a bundle's weights (fine-tuning)
     init_semantic: Optional[Path] = None  # semantic module + pixel classifier from this bundle (e.g. the baseline)
     likelihood_weight: float = 0.0  # weight of a loss term on the Bayesian head's likelihood alone (DSSM)
+    refiner: str = "bayes"  # DSSM's output: "bayes" (end to end) or "residual" (two-stage, on a frozen baseline)
+    checkpoint_minutes: float = 5.0  # also checkpoint every this many minutes of training (besides validations)
+    stop_after_minutes: float = 0.0  # this call stops (checkpointed, to be resumed) after this many minutes; 0: never
     extra: dict = field(default_factory=dict)
 
 
@@ -85,6 +91,10 @@ class TrainStep(nn.Module):
             return dice_ce_loss(net(x), target)
         onehot = F.one_hot(target, net.cfg.num_classes).permute(0, 3, 1, 2).to(x.dtype)
         o = net.training_forward(x, onehot)
+        if net.two_stage:  # the first stage is frozen: only the generative half and the heads learn
+            return (dice_ce_loss(o.final, target) + 0.5 * dice_ce_loss(o.decoded, target)
+                    + dice_ce_loss(o.reconstructed, target) + F.mse_loss(o.z0_pred.float(), o.z0_target.float())
+                    + max(self.likelihood_weight, 0.5) * dice_ce_loss(o.likelihood, target))
         loss = (dice_ce_loss(o.final, target) + 0.5 * dice_ce_loss(o.final_no_markov, target)
                 + 0.5 * dice_ce_loss(o.first, target) + 0.5 * dice_ce_loss(o.decoded, target)
                 + dice_ce_loss(o.reconstructed, target) + F.mse_loss(o.z0_pred.float(), o.z0_target.float()))
@@ -232,7 +242,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if len(train_data.images) == 0:
         raise DSSMError("the training split is empty")
     labels = recipe["labels"]
-    arch = ArchitectureConfig(kind=cfg.kind, in_channels=in_channels, num_classes=len(labels) + 1)
+    arch = ArchitectureConfig(kind=cfg.kind, in_channels=in_channels, num_classes=len(labels) + 1,
+                              refiner=source.architecture.refiner if source is not None else cfg.refiner)
+    two_stage = cfg.kind == "dssm" and arch.refiner == "residual"
+    if two_stage and source is None and not cfg.init_semantic:
+        raise DSSMError("a two-stage DSSM (--refiner residual) trains on top of a trained discriminative baseline: "
+                        "pass --init-semantic BASELINE_BUNDLE (e.g. Baselines/RECIPE-baseline)")
     if cfg.widths:
         arch.widths = tuple(cfg.widths)
     network = build_model(arch).to(device)
@@ -245,16 +260,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     step_module = TrainStep(network, cfg.likelihood_weight)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if two_stage:  # stage 2: the first stage (the baseline's semantic module and head) stays as it is
+        for module in (network.semantic, network.first_head):
+            module.requires_grad_(False)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(network)
-    state = {"iteration": 0, "train_seconds": 0.0}
+    state = {"iteration": 0, "train_seconds": 0.0, "samples": 0}
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         network.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
-        state = {"iteration": int(ckpt["iteration"]), "train_seconds": float(ckpt["train_seconds"])}
+        state = {"iteration": int(ckpt["iteration"]), "train_seconds": float(ckpt["train_seconds"]),
+                 "samples": int(ckpt.get("samples", int(ckpt["iteration"]) * cfg.batch_size * world))}
+        if "rng" in ckpt:  # the batches and augmentations go on exactly as without the stop
+            np_rng.bit_generator.state = ckpt["rng"]["numpy"]
+            torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+            if device.type == "cuda" and "cuda" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
         if rank == 0 and progress:
             print(f"resuming {out} at iteration {state['iteration']} ({state['train_seconds'] / 60:.1f} min trained)")
     aug = AugmentConfig.from_dict(recipe["augment"])
@@ -264,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if rank == 0 and not log_path.exists():
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(["iteration", "train_minutes", "lr", "loss", "val_mean_dice"]
-                                   + [f"val_dice_{n}" for n in label_names])
+                                   + [f"val_dice_{n}" for n in label_names] + ["samples_per_second"])
 
     def fraction_done() -> float:
         """Progress through the budget; with both budgets given, whichever runs out first."""
@@ -284,6 +309,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         bar = tqdm(total=1000, desc=f"train {cfg.recipe} ({cfg.kind})", unit="‰", initial=int(1000 * fraction_done()))
     network.train()
     stop_flag = torch.zeros(1, device=device)
+    call_start, last_checkpoint = time.perf_counter(), time.perf_counter()
+
+    def rng() -> dict:
+        states = {"numpy": np_rng.bit_generator.state, "torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(device)
+        return states
+
+    stopped_early = False
     # A resumed run whose budget is already spent trains no further (it used to take one extra step past the
     # budget on every re-run); it just writes the bundle again from the checkpoint's EMA weights.
     while fraction_done() < 1.0:
@@ -302,37 +336,56 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
             loss = step_module(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 5.0)
         opt.step()
         ema.update(network, state["iteration"])
         if device.type == "cuda" and state["iteration"] % 50 == 0:
             torch.cuda.synchronize(device)
         losses.append(float(loss.detach()))
         state["iteration"] += 1
+        state["samples"] += cfg.batch_size * world
         state["train_seconds"] += time.perf_counter() - t0
         done = fraction_done()
-        stop_flag.fill_(1.0 if done >= 1.0 else 0.0)
+        out_of_time = cfg.stop_after_minutes > 0 and time.perf_counter() - call_start >= 60 * cfg.stop_after_minutes
+        stop_flag.fill_(1.0 if done >= 1.0 else 2.0 if out_of_time else 0.0)  # rank 0's decision rules (DDP)
         if world > 1:
             dist.broadcast(stop_flag, 0)
             frac_t = torch.tensor([state["train_seconds"]], device=device)
             dist.broadcast(frac_t, 0)
             state["train_seconds"] = float(frac_t)
-        finished = bool(stop_flag.item())
+        finished, stopped_early = stop_flag.item() == 1.0, stop_flag.item() == 2.0
         if bar is not None:
             bar.n = min(1000, int(1000 * done))
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", it=state["iteration"], refresh=False)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", it=state["iteration"],
+                            samples_per_s=f"{state['samples'] / max(state['train_seconds'], 1e-9):.1f}", refresh=False)
             bar.refresh()
         if done >= next_val or finished:
             next_val += cfg.val_every
             if rank == 0:
                 _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, log_path, label_names,
-                                  opt, ckpt_path)
+                                  opt.param_groups[0]["lr"])
                 _plot(log_path, out / "curves.png", label_names)
+                _save_checkpoint(ckpt_path, network, opt, ema, state, rng())
+                last_checkpoint = time.perf_counter()
             losses = []
-        if finished:
+        elif rank == 0 and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes:
+            _save_checkpoint(ckpt_path, network, opt, ema, state, rng())
+            last_checkpoint = time.perf_counter()
+        if stopped_early and rank == 0:
+            _save_checkpoint(ckpt_path, network, opt, ema, state, rng())
+        if finished or stopped_early:
             break
     if bar is not None:
         bar.close()
+    if stopped_early:
+        if rank == 0 and progress:
+            print(f"stopped after {cfg.stop_after_minutes:g} min at iteration {state['iteration']} "
+                  f"({100 * fraction_done():.0f}% of the budget, {_samples_per_second(state):.1f} samples/s); "
+                  f"run the same command again to resume from {ckpt_path}")
+        if world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return None
     bundle_dir = None
     if rank == 0:
         semantic_training = semantic_source.meta.get("training", {}) if semantic_source is not None else {}
@@ -350,8 +403,22 @@ def _ema_network(arch: ArchitectureConfig, ema: EMA, device: torch.device) -> nn
     return net
 
 
-def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, log_path, label_names, opt,
-                      ckpt_path) -> None:
+def _samples_per_second(state: dict) -> float:
+    return state["samples"] / max(state["train_seconds"], 1e-9)
+
+
+def _save_checkpoint(path: Path, network, opt, ema, state: dict, rng: dict) -> None:
+    """Everything a resumed run needs to go on exactly where this one is, written atomically (a stop during
+    the write leaves the previous checkpoint)."""
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"model": network.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
+                "iteration": state["iteration"], "train_seconds": state["train_seconds"],
+                "samples": state["samples"], "rng": rng}, tmp)
+    os.replace(tmp, path)
+
+
+def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, log_path, label_names,
+                      lr_now: float) -> None:
     if len(val_data.images):
         dice = pooled_dice(_ema_network(arch, ema, device), val_data, arch.num_classes, device,
                            cfg.default_steps if arch.kind == "dssm" else 0)
@@ -359,10 +426,9 @@ def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, 
         dice = [float("nan")] * len(label_names)
     with open(log_path, "a", newline="") as f:
         csv.writer(f).writerow([state["iteration"], f"{state['train_seconds'] / 60:.2f}",
-                                f"{opt.param_groups[0]['lr']:.2e}", f"{np.mean(losses) if losses else float('nan'):.4f}",
-                                f"{np.nanmean(dice):.4f}"] + [f"{d:.4f}" for d in dice])
-    torch.save({"model": network.state_dict(), "optimizer": opt.state_dict(), "ema": ema.shadow,
-                "iteration": state["iteration"], "train_seconds": state["train_seconds"]}, ckpt_path)
+                                f"{lr_now:.2e}", f"{np.mean(losses) if losses else float('nan'):.4f}",
+                                f"{np.nanmean(dice):.4f}"] + [f"{d:.4f}" for d in dice]
+                               + [f"{_samples_per_second(state):.2f}"])
 
 
 def _load_semantic_source(cfg: TrainConfig, network: nn.Module, split: dict, device) -> ModelBundle:
@@ -420,6 +486,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_traini
             "recipe": cfg.recipe, "data": cfg.data or recipe["data"], "split_seed": split_seed, "seed": cfg.seed,
             "split": split, "iterations": state["iteration"], "batch_size": cfg.batch_size * world,
             "train_minutes": round(state["train_seconds"] / 60, 2), "hardware": hardware, "processes": world,
+            "samples_per_second": round(_samples_per_second(state), 2),
             "augment": recipe["augment"], "crop": recipe["crop"], "lr": cfg.lr,
             "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
             "torch": torch.__version__,
