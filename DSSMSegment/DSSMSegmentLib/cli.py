@@ -202,7 +202,7 @@ def _input_files(inputs: List[Path]) -> set:
     return files
 
 
-def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool, out_dir: Path) -> None:
+def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> None:
     """Before any work: no output may be an input file, two inputs may not share an output, and an existing
     output is replaced only with ``--overwrite``. ``targets`` maps each output path to the input it is for."""
     existing = []
@@ -214,8 +214,9 @@ def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool, out_d
             existing.append(target)
     if existing:
         more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        raise DSSMError(f"{', '.join(map(str, existing[:3]))}{more} already exist(s) in {out_dir}; pass --overwrite "
-                        "to replace them, or choose another output folder with -o")
+        verb = "already exists" if len(existing) == 1 else "already exist"
+        raise DSSMError(f"{', '.join(map(str, existing[:3]))}{more} {verb}; pass --overwrite to replace, or choose "
+                        "another output folder with -o")
 
 
 def cmd_segment(args) -> int:
@@ -244,7 +245,7 @@ def cmd_segment(args) -> int:
     if args.timings:
         targets[Path(args.timings)] = "--timings"
     protected = _input_files(inputs)
-    _refuse_unsafe_outputs(targets, protected, args.overwrite, out_dir)
+    _refuse_unsafe_outputs(targets, protected, args.overwrite)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -306,7 +307,7 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
     outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2)
     unplanned = {t: path for t in outputs if targets.get(t) != path}
     if unplanned:  # a file type that held another dimension than its suffix says (a 3D TIFF, a 2D NRRD)
-        _refuse_unsafe_outputs(unplanned, protected, args.overwrite, out_dir)
+        _refuse_unsafe_outputs(unplanned, protected, args.overwrite)
         clash = [t for t in unplanned if t in targets]
         if clash:
             raise DSSMError(f"{path} would be written as {clash[0]}, the output of {targets[clash[0]]}; "
