@@ -193,7 +193,7 @@ def test_fast_forward_matches_the_public_pieces(plain_network, acdc_slices) -> N
 
 
 def test_naive_diffusion_reference_runs(plain_network, acdc_slices) -> None:
-    from DSSMSegmentLib.benchmark import naive_diffusion_logits
+    from DSSMSegmentLib.benchmark.references import naive_diffusion_logits
 
     x = acdc_slices[1:2, :, 48:176, 48:176].contiguous()  # a 128x128 crop around the heart: 100 steps stay cheap
     ticks = []

@@ -142,7 +142,7 @@ def test_every_python_file_the_module_runs_is_listed(listed):
     assert not reached - set(listed["scripts"]), f"imported but not listed: {sorted(reached - set(listed['scripts']))}"
     # The whole engine and Slicer package ship, so that `PythonSlicer -m DSSMSegmentLib.cli` works too.
     onDisk = {str(p.relative_to(MODULE)).replace("\\", "/")
-              for package in PACKAGES for p in (MODULE / package).glob("*.py")}
+              for package in PACKAGES for p in (MODULE / package).rglob("*.py")}
     assert not onDisk - set(listed["scripts"]), f"not listed: {sorted(onDisk - set(listed['scripts']))}"
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce every accuracy number in the README: each bundled DSSM model at its default K and at K = 0,
-# and its discriminative baseline, each also with test-time flips (--tta), and DSSM with 4 Markov samples
-# per slice (--samples 4), on the model's own validation
-# split, through the same path as `dssm segment` (native resolution). Results go to
-# results/<model>/<row>/ and into each model.json.
+# Reproduce the accuracy tables of docs/models.md (and the README's model table): each bundled DSSM model at
+# its default K and at K = 0, and its discriminative baseline, each also with test-time flips (--tta), and DSSM
+# with 4 Markov samples per slice (--samples 4), on the model's own validation split, through the same path as
+# `dssm segment` (native resolution). Results go to results/<model>/<row>/ and into each model.json; then
+# `python scripts/experiments/results_table.py` prints the tables.
 # Usage: bash scripts/evaluate_all.sh [MODEL ...]    (default: all four with a validation split;
 #        prostate: scripts/prostate_loocv.sh).  ROWS="K4 K4-tta" limits the rows.
 set -euo pipefail

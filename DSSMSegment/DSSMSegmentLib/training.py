@@ -100,7 +100,7 @@ class TrainStep(nn.Module):
                 + dice_ce_loss(o.reconstructed, target) + F.mse_loss(o.z0_pred.float(), o.z0_target.float()))
         if self.likelihood_weight:
             # the Bayesian head's likelihood on its own: without this term the posterior can lean on its prior
-            # alone, and the Gaussian mixtures stay uninformative (scripts/dssm_parts.py measures it)
+            # alone, and the Gaussian mixtures stay uninformative (scripts/experiments/dssm_parts.py measures it)
             loss = loss + self.likelihood_weight * dice_ce_loss(o.likelihood, target)
         return loss
 

@@ -1,4 +1,6 @@
-"""Where a DSSM model's accuracy goes: Dice of each part of the model on its validation split, against its
+"""Makes results/dssm-parts/*.md: docs/models.md's tables "Where DSSM's accuracy goes".
+
+Where a DSSM model's accuracy goes: Dice of each part of the model on its validation split, against its
 discriminative baseline.
 
 For each validation slice of the model's training cache (cache resolution, not native; slices pooled per
@@ -12,7 +14,7 @@ class, as ``log.csv`` does), the script runs the bundled model's pieces and scor
 - ``posterior K=0`` and ``posterior K=4``: the model's output (``dssm segment --steps 0`` / default);
 - ``baseline``: the discriminative baseline.
 
-Usage: .venv/bin/python scripts/dssm_parts.py MODEL|BUNDLE-FOLDER [...] [--cache-dir DIR] [--models-dir DIR] [--baselines DIR]
+Usage: .venv/bin/python scripts/experiments/dssm_parts.py MODEL|BUNDLE-FOLDER [...] [--cache-dir DIR] [--models-dir DIR] [--baselines DIR]
 (the cache is built with ``dssm cache --recipe MODEL`` if missing; the left atrium takes about 70 s on 2 cores).
 """
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "DSSMSegment"))
 
 from DSSMSegmentLib.bundle import ModelBundle  # noqa: E402
@@ -95,7 +97,7 @@ def measure(model: str, cache_dir: Path, models: Path, baselines: Path, batch: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("models", nargs="+")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "cache")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "DSSMSegment" / "Resources" / "Models")

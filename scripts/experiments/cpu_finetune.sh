@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
+# Makes results/MODEL/cpu-ft/: docs/models.md's tables "Equal extra training on the CPU" and "Two changes tried".
+#
 # Equal extra training for DSSM and its discriminative baseline, on the CPU: both bundles of MODEL go on
 # training ITERATIONS more iterations (batch 32) with the same learning rate (warm-up, cosine decay), seed and
 # validation split (a fine-tune keeps its source bundle's split), then each is evaluated on that split at native
 # resolution, through the `dssm segment` path. Resumes from runs/cpu/MODEL-KIND/checkpoint.pt.
-# Usage: bash scripts/cpu_finetune.sh MODEL [ITERATIONS]      e.g. left-atrium-lge-mri 800 (about 70 min, 2 cores)
+# Usage: bash scripts/experiments/cpu_finetune.sh MODEL [ITERATIONS]      e.g. left-atrium-lge-mri 800 (about 70 min, 2 cores)
 # Results: results/MODEL/cpu-ft/{K4,K0,K4-s4,baseline}/metrics.{csv,json}; the bundles in runs/cpu/.
 #
 # VARIANT=semantic or VARIANT=likelihood: DSSM only (about 45-50 min for 800 iterations, 2 cores), against the
@@ -15,7 +17,7 @@
 #   likelihood: from the bundled DSSM, with an extra loss on the Bayesian head's likelihood alone
 #               (--likelihood-loss 1): the plain DSSM run above plus that one term.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/common.sh
 model=${1:?usage: cpu_finetune.sh MODEL [ITERATIONS]}
 iterations=${2:-800}

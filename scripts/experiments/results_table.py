@@ -1,22 +1,25 @@
-"""Print the README's accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
+"""Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
+
+Prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
 slice, each model before and after the same extra CPU training for DSSM and its baseline
-(``scripts/cpu_finetune.sh``), DSSM training variants after the same extra iterations (the same script with
+(``scripts/experiments/cpu_finetune.sh``), DSSM training variants after the same extra iterations (the same script with
 ``VARIANT=...``), and the spread over Markov noise seeds.
 
 The numbers are those written by ``scripts/evaluate_all.sh`` and ``scripts/prostate_loocv.sh``
-(``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/results_table.py
+(``dssm evaluate ... -o results/...``). Usage: .venv/bin/python scripts/experiments/results_table.py
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1] / "results"
+ROOT = Path(__file__).resolve().parents[2] / "results"
 
 PAPER = {  # Liu et al. 2025, abstract (shared/docs/paper-abstract.md)
     ("heart-cine-mri", "left ventricle cavity"): 0.9451,
@@ -33,11 +36,11 @@ FOLD_ROWS = {"K4": "dssm", "K0": "dssm-K0", "K4-tta": "dssm-tta", "baseline": "b
              "baseline-tta": "baseline-tta"}
 SAMPLE_ROWS = ("K4", "K4-s4", "K0", "baseline")
 SAMPLE_FOLD_ROWS = {"K4-s4": "dssm-s4"}
-# scripts/cpu_finetune.sh: each model before and after the same extra CPU iterations for DSSM and baseline
+# scripts/experiments/cpu_finetune.sh: each model before and after the same extra CPU iterations for DSSM and baseline
 FINETUNE_ROWS = ("K4", "cpu-ft/K4", "K4-s4", "cpu-ft/K4-s4", "K0", "cpu-ft/K0", "baseline", "cpu-ft/baseline")
 FINETUNE_HEADER = ["model", "structure", "DSSM K=4", "after", "DSSM K=4, 4 samples", "after", "DSSM K=0", "after",
                    "baseline", "after"]
-# VARIANT=... scripts/cpu_finetune.sh: DSSM training variants, each after the same extra CPU iterations as the
+# VARIANT=... scripts/experiments/cpu_finetune.sh: DSSM training variants, each after the same extra CPU iterations as the
 # baseline's run
 VARIANTS = {"": "DSSM (plain fine-tune)", "semantic-": "DSSM on the baseline's semantic module (--init-semantic)",
             "likelihood-": "DSSM + likelihood loss (--likelihood-loss 1)"}
@@ -120,7 +123,7 @@ def loocv_rows(rows=ROWS, extra=True):
 
 
 def seed_rows():
-    """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/seed_spread.sh; seed 0 = K4, or K4-s4
+    """Mean Dice of DSSM at K = 4 for each Markov-noise seed (scripts/experiments/seed_spread.sh; seed 0 = K4, or K4-s4
     with 4 Markov samples)."""
     out = []
     for model in MODELS:
@@ -153,8 +156,40 @@ def table(header, rows) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+# --readme: one row per model, the default DSSM and its baseline beside the paper, mean Dice over the validation
+# cases (prostate: over the 4 leave-one-case-out folds); the details are in docs/models.md
+README_IMAGES = {"heart-cine-mri": "cine MRI, short axis", "left-atrium-lge-mri": "late gadolinium-enhanced MRI (3D)",
+                 "lungs-cxr": "frontal chest X-ray", "skin-lesion-dermoscopy": "dermoscopy photograph (RGB)",
+                 "prostate-t2-mri": "axial T2-weighted MRI"}
+README_PARTS = {"right ventricle cavity": "RV", "left ventricle myocardium": "myocardium", "left ventricle cavity": "LV",
+                "transition zone": "TZ", "peripheral zone": "PZ", "(isic2018)": "ISIC 2018", "(ph2)": "PH2",
+                "(LOOCV, 4 folds)": ""}
+README_HEADER = ["model", "images", "scored (validation cases)", "DSSM, K = 4", "baseline", "paper"]
+
+
+def readme_rows(rows):
+    """The main table's rows (``HEADER``) folded into one row per model: each column's means joined by " / "."""
+    groups = {}
+    for row in rows:
+        model, _, dataset = row[0].partition(" ")
+        groups.setdefault(model, []).append((README_PARTS.get(dataset, "") or README_PARTS.get(row[1], row[1]), row))
+    out = []
+    for model, parts in groups.items():
+        def joined(i):
+            return " / ".join(row[i].split(" ± ")[0] if row[i] else "-" for _, row in parts)
+        cases = list(dict.fromkeys(row[2] for _, row in parts))
+        loocv = model == "prostate-t2-mri"  # loocv_rows: one fold per held-out case
+        scored = " / ".join(name for name, _ in parts) + f" ({' / '.join(cases)}{' folds, one case out' if loocv else ''})"
+        out.append([f"[{model}](docs/models.md#{model})", README_IMAGES.get(model, ""), scored, joined(3), joined(6),
+                    joined(8)])
+    return out
+
+
 def main() -> None:
     rows = [row for model in MODELS for row in rows_for(model)] + loocv_rows()
+    if "--readme" in sys.argv[1:]:
+        table(README_HEADER, readme_rows(rows))
+        return
     table(HEADER, rows)
     samples = ([row for model in MODELS for row in rows_for(model, SAMPLE_ROWS, extra=False)]
                + loocv_rows(SAMPLE_ROWS, extra=False))
@@ -164,7 +199,7 @@ def main() -> None:
                  if (ROOT / model / "cpu-ft" / "K4" / "metrics.json").exists()
                  for row in rows_for(model, FINETUNE_ROWS, extra=False)]
     if finetuned:
-        print("\nBefore and after the same extra CPU training for DSSM and baseline (scripts/cpu_finetune.sh):\n")
+        print("\nBefore and after the same extra CPU training for DSSM and baseline (scripts/experiments/cpu_finetune.sh):\n")
         table(FINETUNE_HEADER, finetuned)
     variants = [row[:2] + [words] + row[2:] + [f"{PAPER[(model, row[1])]:.4f}" if (model, row[1]) in PAPER else ""]
                 for model in MODELS for prefix, words in VARIANTS.items()
@@ -173,7 +208,7 @@ def main() -> None:
                                     + ("cpu-ft/baseline",), extra=False)]
     if variants:
         print("\nDSSM training variants after the same extra CPU iterations as the baseline "
-              "(VARIANT=... scripts/cpu_finetune.sh):\n")
+              "(VARIANT=... scripts/experiments/cpu_finetune.sh):\n")
         table(VARIANT_HEADER, variants)
     seeds = seed_rows()
     if seeds:
