@@ -58,7 +58,7 @@ OWN_OR_SLICER_ROOTS = {"slicer", "qt", "ctk", "vtk", "DSSMSegmentLib", "DSSMSegm
 
 def loadSnapshot(path: Path = SNAPSHOT) -> dict:
     """The snapshot with every ``"same as <version>"`` replaced by that version's facts."""
-    snapshot = json.loads(path.read_text())
+    snapshot = json.loads(path.read_text(encoding="utf-8"))
     byName = {}
     for version in snapshot["versions"]:
         for section in ("python", "cpp"):
@@ -1423,14 +1423,14 @@ def moduleFiles() -> Dict[str, str]:
     """Every Python file of the Slicer module (``DSSMSegment.py`` and ``DSSMSegmentSlicerLib/``), by path
     relative to the repository."""
     paths = [MODULE / "DSSMSegment.py", *sorted((MODULE / "DSSMSegmentSlicerLib").glob("*.py"))]
-    return {p.relative_to(ROOT).as_posix(): p.read_text() for p in paths}
+    return {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8") for p in paths}
 
 
 def check(version: dict, files: Optional[Dict[str, str]] = None, uiText: Optional[str] = None,
           only: Optional[str] = None) -> Report:
     """Check the module's Python files and ``.ui`` (or the given texts) against one version of the snapshot."""
     files = dict(moduleFiles() if files is None else files)
-    uiText = UI_FILE.read_text() if uiText is None else uiText
+    uiText = UI_FILE.read_text(encoding="utf-8") if uiText is None else uiText
     return Checker(Api(version), files, uiText).run(only)
 
 

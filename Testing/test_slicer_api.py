@@ -61,7 +61,7 @@ def findings(version=PREVIEW, only=None, **replacements):
     """The findings after replacing text in the module's files: ``WIDGET=[(old, new)]`` etc.; ``ui`` for the
     .ui file."""
     files = moduleFiles()
-    uiText = UI_FILE.read_text()
+    uiText = UI_FILE.read_text(encoding="utf-8")
     for key, pairs in replacements.items():
         for old, new in pairs:
             if key == "ui":
@@ -85,7 +85,7 @@ def assertFinds(found, *patterns):
 
 def test_snapshot_pins_its_sources():
     """Each Slicer version names the commit it was read at, and the CTK and SlicerPyTorch commits."""
-    raw = json.loads(SNAPSHOT.read_text())
+    raw = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw["date"])
     roles = [v["role"] for v in raw["versions"]]
     assert "stable" in roles and "preview" in roles
@@ -98,9 +98,9 @@ def test_snapshot_pins_its_sources():
 
 def test_docs_name_the_checked_versions():
     """docs/slicer-api.md and the README name the versions, commits and date of the snapshot."""
-    raw = json.loads(SNAPSHOT.read_text())
-    docs = (ROOT / "docs" / "slicer-api.md").read_text()
-    readme = (ROOT / "README.md").read_text()
+    raw = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+    docs = (ROOT / "docs" / "slicer-api.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert raw["date"] in docs and raw["date"] in readme
     for version in raw["versions"]:
         assert version["name"] in readme and version["name"] in docs
@@ -171,7 +171,7 @@ def test_every_use_fails_when_misspelled(reports, name):
     """Misspell, one at a time, each name the check found in the code and the .ui (function, method, property,
     signal, keyword argument, module, widget class...): each must give a finding on its line."""
     version = next(v for v in VERSIONS if v["name"] == name)
-    files, uiText = moduleFiles(), UI_FILE.read_text()
+    files, uiText = moduleFiles(), UI_FILE.read_text(encoding="utf-8")
     survivors, tried = [], set()
     for use in reports[name].uses:
         key = (use.path, use.line, use.col)

@@ -102,7 +102,8 @@ def asModelLabels(exported: np.ndarray, segmentation, modelName: str) -> np.ndar
 def cliLabels(path: Path, tmp: Path, *options: str) -> np.ndarray:
     """``dssm segment`` on the same file, as a user would run it."""
     out = tmp / ("cli" + "".join(options).replace("-", "_"))
-    proc = run_dssm(["segment", "--model", MODEL, "--device", "cpu", "-o", out, *options, path], cwd=tmp)
+    proc = run_dssm(["segment", "--model", MODEL, "--device", "cpu", "--overwrite", "-o", out, *options, path],
+                    cwd=tmp)
     assert proc.returncode == 0, describe(proc)
     return sitk.GetArrayFromImage(sitk.ReadImage(str(out / (path.name[: -len(".nrrd")] + ".nii.gz"))))
 

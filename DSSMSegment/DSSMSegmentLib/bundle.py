@@ -78,7 +78,7 @@ class ModelBundle:
         if not meta_path.is_file():
             raise DSSMError(f"{self.path} is not a DSSM model bundle: {META_FILE} is missing")
         try:
-            self.meta = json.loads(meta_path.read_text())
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if not isinstance(self.meta, dict):
                 raise TypeError(f"expected a JSON object, found {type(self.meta).__name__}")
             self.name = str(self.meta.get("name", self.path.name))

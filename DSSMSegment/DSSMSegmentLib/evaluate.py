@@ -109,7 +109,7 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     """Store the summary in the bundle's ``model.json`` under ``metrics`` (the weights are untouched)."""
     bundle = resolve_model(bundle_name)
     meta_path = bundle.path / META_FILE
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     metrics = meta.setdefault("metrics", {})
     options = evaluation_options(report.get("tta", False), report.get("postprocess", True), report.get("seed", 0),
                                  report.get("samples", 1))
@@ -133,7 +133,7 @@ def record_cross_validation(bundle_name: str, metrics_files: List[Path], method:
     per_case: Dict[str, List[float]] = {}
     cases = 0
     for path in metrics_files:
-        fold = json.loads(Path(path).read_text())
+        fold = json.loads(Path(path).read_text(encoding="utf-8"))
         for result in fold["per_case"].values():
             cases += 1
             for structure, values in result.items():
@@ -143,7 +143,7 @@ def record_cross_validation(bundle_name: str, metrics_files: List[Path], method:
     summary = {s: {"dice": {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v)), "n": len(v)}}
                for s, v in per_case.items()}
     bundle = resolve_model(bundle_name)
-    meta = json.loads((bundle.path / META_FILE).read_text())
+    meta = json.loads((bundle.path / META_FILE).read_text(encoding="utf-8"))
     meta.setdefault("metrics", {})["cross_validation"] = {"method": method, "n_cases": cases, "summary": summary,
                                                           "command": command}
     (bundle.path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Makes results/train-cost/cpu.md: docs/training.md's table "Seconds per training sample on this CPU".
+#
+# For each recipe: ITERATIONS iterations (batch BATCH) of stage 1 (the discriminative baseline, trained from
+# scratch) and of stage 2 (the two-stage DSSM's generative half on the frozen bundled baseline,
+# --refiner residual), on the CPU with THREADS threads; the speed is the training loop's own count (log.csv,
+# samples_per_second: forward, backward and optimiser step, augmentation included; validation not). Run it with
+# nothing else on the machine. Caches are built first if missing (cache/RECIPE.npz).
+#   bash scripts/experiments/train_cost.sh [RECIPE ...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DSSM=${DSSM:-.venv/bin/dssm}
+ITERATIONS=${ITERATIONS:-12}; BATCH=${BATCH:-16}; THREADS=${THREADS:-2}
+recipes=("$@"); [ ${#recipes[@]} -gt 0 ] || recipes=(heart-cine-mri left-atrium-lge-mri lungs-cxr skin-lesion-dermoscopy prostate-t2-mri)
+work=bench/train-cost; rm -rf "$work"; mkdir -p "$work" results/train-cost
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+for recipe in "${recipes[@]}"; do
+  [ -f "cache/$recipe.npz" ] || $DSSM cache --recipe "$recipe"
+  common=(--recipe "$recipe" --cache "cache/$recipe.npz" --iterations "$ITERATIONS" --batch-size "$BATCH"
+          --val-every 1 --device cpu)
+  $DSSM train "${common[@]}" --baseline --out "$work/$recipe-stage1" >"$work/$recipe-stage1.out" 2>&1
+  $DSSM train "${common[@]}" --refiner residual --init-semantic "Baselines/$recipe-baseline" \
+    --out "$work/$recipe-stage2" >"$work/$recipe-stage2.out" 2>&1
+done
+.venv/bin/python - "$work" "$THREADS" "$BATCH" "${recipes[@]}" <<'PY' | tee results/train-cost/cpu.md
+import csv, sys
+work, threads, batch, recipes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def speed(run):
+    rows = list(csv.DictReader(open(f"{work}/{run}/log.csv")))
+    return float(rows[-1]["samples_per_second"])
+print(f"Training speed on this CPU ({threads} threads, batch {batch}; bash scripts/experiments/train_cost.sh)\n")
+print("| recipe | stage 1: baseline, s/sample | stage 2: two-stage DSSM on the frozen baseline, s/sample | stage 2 / stage 1 |")
+print("|---|---|---|---|")
+for r in recipes:
+    s1, s2 = 1 / speed(f"{r}-stage1"), 1 / speed(f"{r}-stage2")
+    print(f"| {r} | {s1:.3f} | {s2:.3f} | {s2 / s1:.2f} |")
+PY
