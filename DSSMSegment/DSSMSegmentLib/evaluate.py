@@ -102,8 +102,13 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         "per_case": {cid: {s: vars(m) for s, m in res.items()} for cid, res in per_case.items()},
     }
     if uncertainty:
-        report["uncertainty"] = {"chains": chains, "passes": len(segmenter.passes()), "written": unc.MEASURE,
-                                 "measures": {m: found.summary() for m, found in detection.items()}}
+        passes = len(segmenter.passes())
+        # with one chain the first chain's entropy is the entropy, and with one sample in all there is no mutual
+        # information to measure
+        shown = [m for m in unc.MEASURES if not (m == "entropy_first_chain" and chains == 1)
+                 and not (m == "mutual_information" and chains * passes == 1)]
+        report["uncertainty"] = {"chains": chains, "passes": passes, "written": unc.MEASURE,
+                                 "measures": {m: detection[m].summary() for m in shown}}
     if output is not None:
         _write_outputs(Path(output), report, seconds)
     return report
