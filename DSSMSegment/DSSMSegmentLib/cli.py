@@ -161,10 +161,15 @@ def _add_calibrate(sub) -> None:
                        "the structures it always finds (docs/uncertainty.md). Never uses the validation cases.")
     p.add_argument("--model", required=True)
     p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
+    _add_run_options(p, "use at most this many training cases (0: all)")
+    p.add_argument("--update-bundle", action="store_true", help="record the calibration in the bundle's model.json")
+
+
+def _add_run_options(p, limit_help: str) -> None:
+    """``--device``, ``--batch-size`` and ``--limit`` of the commands that run a model over a dataset."""
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
     p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
-    p.add_argument("--limit", type=_count(0), default=0, help="use at most this many training cases (0: all)")
-    p.add_argument("--update-bundle", action="store_true", help="record the calibration in the bundle's model.json")
+    p.add_argument("--limit", type=_count(0), default=0, help=limit_help)
 
 
 def _add_familiarity(sub) -> None:
@@ -174,9 +179,7 @@ def _add_familiarity(sub) -> None:
                        "other model's data (all cases of a dataset without a validation split), and print the AUROC "
                        "of telling them apart and how many are flagged (docs/uncertainty.md).")
     p.add_argument("--models", default=None, help="comma-separated models (default: every bundled DSSM model)")
-    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
-    p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
-    p.add_argument("--limit", type=_count(0), default=0, help="at most this many cases per dataset (0: all)")
+    _add_run_options(p, "at most this many cases per dataset (0: all)")
     p.add_argument("-o", "--output", default=None, help="write the scores and the table to this JSON file")
 
 

@@ -198,10 +198,10 @@ def uncertainty_table(report: dict) -> str:
     info = report["uncertainty"]
     rows = [f"Uncertainty of {report['model']} ({info['chains']} chain(s) x {info['passes']} pass(es) per slice, "
             f"{report['n_cases']} cases):", "",
-            "| measure | voxel AUROC (wrong voxels) | Spearman (case uncertainty vs 1 - Dice) | wrong voxels |",
-            "|---|---|---|---|"]
+            "| measure | voxel AUROC (wrong voxels) | AUROC near the structures | Spearman (case uncertainty vs "
+            "1 - Dice) | wrong voxels |", "|---|---|---|---|---|"]
     for measure, m in info["measures"].items():
         mark = " (written)" if measure == info["written"] else ""
-        rows.append(f"| {measure.replace('_', ' ')}{mark} | {m['auroc']:.3f} | {m['spearman']:.3f} | "
-                    f"{m['wrong_voxels']} of {m['voxels']} |")
+        rows.append(f"| {measure.replace('_', ' ')}{mark} | {m['auroc']:.3f} | {m['auroc_near']:.3f} | "
+                    f"{m['spearman']:.3f} | {m['wrong_voxels']} of {m['voxels']} |")
     return "\n".join(rows)

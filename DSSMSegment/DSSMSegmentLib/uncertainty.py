@@ -70,6 +70,21 @@ def most_uncertain_slices(uncertainty: np.ndarray, axis: int, level: float, coun
 # ------------------------------------------------------------------------------------------------------
 # Measuring: does the map find the wrong voxels, and does a case's uncertainty follow its error?
 
+NEAR = 5  # voxels, in-plane: "near the structures" for the second AUROC of ErrorDetection
+
+
+def near_structures(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Voxels within :data:`NEAR` voxels in-plane (each slice along axis 0 on its own) of a structure in either
+    label map."""
+    from scipy import ndimage
+
+    foreground = (pred > 0) | (gt > 0)
+    footprint = ndimage.generate_binary_structure(2, 1)
+    if foreground.ndim == 3:
+        footprint = footprint[None]
+    return ndimage.binary_dilation(foreground, footprint, iterations=NEAR)
+
+
 BINS = 4096  # log-spaced bins from 1e-12 to 1 (and one for exact zeros): voxel AUROC without keeping voxels
 _LOG_LO = -12.0
 
@@ -89,6 +104,9 @@ class ErrorDetection:
     * voxel AUROC: over all voxels of all cases pooled, the probability that a wrong voxel is more uncertain
       than a right one (ties count half). Values are binned on a log scale (:data:`BINS` bins down to 1e-12),
       so no voxel list is kept; ties inside a bin count half too.
+    * the same AUROC near the structures only: the voxels within :data:`NEAR` voxels (in-plane) of a structure
+      in the mask or the ground truth. Most voxels of an image are plain background, certain and right, which
+      lifts the AUROC over all voxels; this one asks where the errors are among the voxels that matter.
     * per case: the case's uncertainty, the sum of the map over the image divided by the number of voxels the
       model labelled as a structure (an expected error per labelled voxel: the mean over the whole image would
       mostly measure the field of view), and 1 - mean Dice over the structures; :meth:`spearman` correlates them.
@@ -97,23 +115,30 @@ class ErrorDetection:
     def __init__(self) -> None:
         self.wrong = np.zeros(BINS + 1, np.int64)
         self.right = np.zeros(BINS + 1, np.int64)
+        self.near_wrong = np.zeros(BINS + 1, np.int64)
+        self.near_right = np.zeros(BINS + 1, np.int64)
         self.cases: Dict[str, tuple] = {}
 
     def add(self, case: str, uncertainty: np.ndarray, pred: np.ndarray, gt: np.ndarray, mean_dice: float) -> None:
+        """One case: its map, mask and ground truth (the same shape; a volume's slices along axis 0)."""
         bins = _bin(uncertainty)
         wrong = (pred != gt).ravel()
-        self.wrong += np.bincount(bins[wrong], minlength=BINS + 1)
-        self.right += np.bincount(bins[~wrong], minlength=BINS + 1)
+        near = near_structures(pred, gt).ravel()
+        for counts, kind in ((self.wrong, wrong), (self.right, ~wrong), (self.near_wrong, wrong & near),
+                             (self.near_right, ~wrong & near)):
+            counts += np.bincount(bins[kind], minlength=BINS + 1)
         labelled = int(np.count_nonzero(pred))
         self.cases[case] = (float(np.sum(uncertainty, dtype=np.float64)) / max(1, labelled), 1.0 - float(mean_dice))
 
-    def auroc(self) -> float:
-        """P(uncertainty of a wrong voxel > that of a right voxel) + half the ties; NaN without both kinds."""
-        n_wrong, n_right = self.wrong.sum(), self.right.sum()
+    def auroc(self, near: bool = False) -> float:
+        """P(uncertainty of a wrong voxel > that of a right voxel) + half the ties; NaN without both kinds.
+        ``near``: among the voxels near the structures only."""
+        wrong, right = (self.near_wrong, self.near_right) if near else (self.wrong, self.right)
+        n_wrong, n_right = wrong.sum(), right.sum()
         if not n_wrong or not n_right:
             return float("nan")
-        right_below = np.concatenate([[0], np.cumsum(self.right)[:-1]])  # right voxels in lower bins
-        return float((self.wrong * (right_below + 0.5 * self.right)).sum() / (n_wrong * n_right))
+        right_below = np.concatenate([[0], np.cumsum(right)[:-1]])  # right voxels in lower bins
+        return float((wrong * (right_below + 0.5 * right)).sum() / (n_wrong * n_right))
 
     def spearman(self) -> float:
         """Spearman rank correlation between the per-case uncertainty and 1 - Dice (NaN with < 3 cases)."""
@@ -127,6 +152,9 @@ class ErrorDetection:
         return float(spearmanr(u, err).statistic)
 
     def summary(self) -> dict:
-        return {"auroc": self.auroc(), "spearman": self.spearman(), "n_cases": len(self.cases),
-                "wrong_voxels": int(self.wrong.sum()), "voxels": int(self.wrong.sum() + self.right.sum()),
+        return {"auroc": self.auroc(), "auroc_near": self.auroc(near=True), "spearman": self.spearman(),
+                "n_cases": len(self.cases), "wrong_voxels": int(self.wrong.sum()),
+                "voxels": int(self.wrong.sum() + self.right.sum()),
+                "near_wrong_voxels": int(self.near_wrong.sum()),
+                "near_voxels": int(self.near_wrong.sum() + self.near_right.sum()),
                 "per_case": {c: {"uncertainty": u, "one_minus_dice": e} for c, (u, e) in self.cases.items()}}
