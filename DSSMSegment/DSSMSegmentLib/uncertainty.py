@@ -90,11 +90,11 @@ _LOG_LO = -12.0
 
 
 def _bin(values: np.ndarray) -> np.ndarray:
+    """Bin index of each value: 0 for values up to 1e-12, then :data:`BINS` log-spaced bins up to 1."""
     v = np.asarray(values, dtype=np.float64).ravel()
-    with np.errstate(divide="ignore"):
-        logv = np.log10(np.maximum(v, 0.0))
-    idx = np.floor((logv - _LOG_LO) / (-_LOG_LO) * (BINS - 1)).astype(np.int64) + 1
-    idx[~(v > 10 ** _LOG_LO)] = 0
+    idx = np.zeros(v.shape, np.int64)
+    above = v > 10 ** _LOG_LO
+    idx[above] = np.floor((np.log10(v[above]) - _LOG_LO) / (-_LOG_LO) * (BINS - 1)).astype(np.int64) + 1
     return np.clip(idx, 0, BINS)
 
 
