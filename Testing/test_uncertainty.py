@@ -76,10 +76,13 @@ def test_extra_chains_for_the_map_leave_a_several_sample_mask_as_it_was(acdc_p01
 
     image, _ = acdc_p011
     segmenter = Segmenter(heart_bundle, device="cpu", samples=2)
+    segmenter.uncertainty_samples = 3  # the map from 3 chains; the mask from the first 2, as without the map
     plain = sitk.GetArrayFromImage(segmenter.segment(image))
     mapped = segmenter.run(image, uncertainty=True)
-    assert mapped.uncertainty_chains == max(2, unc.UNCERTAINTY_SAMPLES)
+    assert mapped.uncertainty_chains == 3
     assert np.array_equal(plain, sitk.GetArrayFromImage(mapped.labels))
+    segmenter.uncertainty_samples = 1  # never fewer chains than the mask's
+    assert segmenter.run(image, uncertainty=True).uncertainty_chains == 2
     assert segmenter.run(image, steps=0, uncertainty=True).uncertainty_chains == 1  # K = 0: no chain to sample
 
 

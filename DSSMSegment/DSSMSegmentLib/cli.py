@@ -85,6 +85,7 @@ def _add_segment(sub) -> None:
                         "the per-voxel uncertainty from several Markov chains (and every --tta pass), 0 certain to 1, "
                         "and print per structure the volume of uncertain voxels; with --overlay also "
                         "X_uncertainty_overlay.png (docs/uncertainty.md)")
+    _add_uncertainty_chains(p)
     p.add_argument("--timings", default=None,
                    help="write per-case timings, familiarity scores and warnings to this JSON file")
     p.add_argument("--overwrite", action="store_true",
@@ -151,6 +152,16 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--uncertainty", action="store_true",
                    help="also measure each uncertainty map: voxel AUROC for finding wrong voxels, per-case Spearman "
                         "correlation with 1 - Dice (docs/uncertainty.md)")
+    _add_uncertainty_chains(p)
+
+
+def _add_uncertainty_chains(p) -> None:
+    from .uncertainty import UNCERTAINTY_SAMPLES
+
+    p.add_argument("--uncertainty-chains", type=_count(1), default=UNCERTAINTY_SAMPLES,
+                   help="Markov chains per slice for the uncertainty map (at least --samples; the mask is the same "
+                        "whatever this is); each chain beyond the first adds about half the network time of a plain "
+                        "run")
 
 
 def _add_calibrate(sub) -> None:
@@ -292,7 +303,8 @@ def cmd_segment(args) -> int:
     from .inference import Segmenter
 
     t_load = time.perf_counter()
-    segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples)
+    segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples,
+                          uncertainty_samples=args.uncertainty_chains)
     load_seconds = time.perf_counter() - t_load
     steps = bundle.default_steps if args.steps is None else args.steps
     print(f"model {bundle.name} ({bundle.architecture.kind}, K={steps if bundle.architecture.kind == 'dssm' else '-'})"

@@ -51,7 +51,7 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
              tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1,
-             uncertainty: bool = False) -> dict:
+             uncertainty: bool = False, uncertainty_chains: int = unc.UNCERTAINTY_SAMPLES) -> dict:
     """Segment and score the cases; with ``uncertainty``, also measure how well each uncertainty measure
     (:data:`uncertainty.MEASURES`) finds the wrong voxels (:class:`uncertainty.ErrorDetection`)."""
     from tqdm import tqdm
@@ -60,7 +60,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
-    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples)
+    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples,
+                          uncertainty_samples=uncertainty_chains)
     k = bundle.default_steps if steps is None else int(steps)
     samples = segmenter.samples_at(k)  # what ran (K = 0 has no chain; a baseline has none)
     structures = structures_of(bundle)
@@ -175,7 +176,7 @@ def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
                       postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples,
-                      uncertainty=args.uncertainty)
+                      uncertainty=args.uncertainty, uncertainty_chains=args.uncertainty_chains)
     print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}"
           f"{', %d Markov samples' % report['samples'] if report['samples'] > 1 else ''}, "
           f"{report['n_cases']} {report['split']} "

@@ -234,7 +234,7 @@ class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False,
-                 samples: int = 1) -> None:
+                 samples: int = 1, uncertainty_samples: int = unc.UNCERTAINTY_SAMPLES) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
@@ -245,7 +245,7 @@ class Segmenter:
         # Markov chains per slice, each from its own noise, whose latents are averaged (DSSM at K > 0 only)
         self.samples = samples if bundle.architecture.kind == "dssm" else 1
         # Markov chains per slice that the uncertainty map is computed from (at least; more with --samples)
-        self.uncertainty_samples = unc.UNCERTAINTY_SAMPLES
+        self.uncertainty_samples = max(1, int(uncertainty_samples))
         self.test_time_passes = bundle.test_time_passes  # (zoom, flip dims), grouped by zoom
         # ``network`` is the model exactly as the bundle holds it (saving it gives the same file back); the
         # segmentation runs on a copy prepared for speed - BatchNorm folded into the convolutions and

@@ -27,7 +27,7 @@ import numpy as np
 
 MEASURES = ("entropy", "mutual_information", "entropy_first_chain")
 MEASURE = "entropy"  # the map dssm segment writes (docs/uncertainty.md: why)
-UNCERTAINTY_SAMPLES = 3  # Markov chains per slice for the map, unless --samples asks for more
+UNCERTAINTY_SAMPLES = 2  # Markov chains per slice for the map, unless --samples asks for more (docs/uncertainty.md: cost)
 # A voxel is "uncertain" above this normalised entropy. For two classes it is the entropy of p = 0.9 / 0.1
 # (0.469 bits): one chance in ten or more that the voxel belongs elsewhere. With more classes the same split
 # between two of them gives a smaller normalised value, so the threshold is that entropy in nats over log C.
