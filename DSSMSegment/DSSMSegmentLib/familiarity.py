@@ -121,12 +121,6 @@ class Assessment:
         low = self.score is not None and (not np.isfinite(self.score) or self.score < self.threshold)
         return not (low or self.reasons or self.empty)
 
-    @property
-    def ranking_score(self) -> Optional[float]:
-        if self.score is None:
-            return None
-        return combined_score(self.score, len(self.reasons) + bool(self.empty))
-
     def record(self) -> dict:
         """For ``--timings`` and the Slicer worker's findings file."""
         score = None if self.score is None or not np.isfinite(self.score) else round(self.score, 3)
@@ -289,8 +283,9 @@ def test_sets(bundles) -> Dict[str, tuple]:
 
 
 def score_cases(bundle, cases, device: str = "auto", batch_size: int = 16, progress: bool = True) -> dict:
-    """Run a model on cases and judge each as ``dssm segment`` does: ``case -> record``, with ``refused`` set
-    for an image the model does not take at all (other channels)."""
+    """Run a model on cases and judge each as ``dssm segment`` does: ``case -> {"score", "signals"}``, the
+    signals being those that flag it (``score``: below the threshold, ``geometry``, ``empty``), or
+    ``{"refused": "channels"}`` for an image the model does not take at all (other channels)."""
     from tqdm import tqdm
 
     from .imageio import read_image
@@ -304,13 +299,47 @@ def score_cases(bundle, cases, device: str = "auto", batch_size: int = 16, progr
         except DSSMError as exc:
             if "channel" not in str(exc):
                 raise
-            records[case.case_id] = {"refused": str(exc), "ranking": float("-inf"), "score": float("-inf"),
-                                     "familiar": False}
+            records[case.case_id] = {"refused": "channels"}
             continue
         judged = assess(bundle, result, case.case_id)
-        records[case.case_id] = {"score": judged.score, "ranking": judged.ranking_score, "familiar": judged.familiar,
-                                 "reasons": judged.reasons, "empty": judged.empty}
+        low = not judged.score >= judged.threshold
+        records[case.case_id] = {"score": round(judged.score, 3) if np.isfinite(judged.score) else None,
+                                 "signals": ["score"] * low + ["geometry"] * bool(judged.reasons)
+                                 + ["empty"] * bool(judged.empty)}
     return records
+
+
+def _ranking(record: dict) -> float:
+    """The combined score of a judged case (-inf when refused)."""
+    if "refused" in record:
+        return float("-inf")
+    return combined_score(record["score"] if record["score"] is not None else float("nan"),
+                          len([s for s in record["signals"] if s != "score"]))
+
+
+def summarize(scores: Dict[str, Dict[str, dict]], own_data: Dict[str, tuple]) -> dict:
+    """Per model (``own_data``: model -> (its dataset, that dataset's split)), its own images flagged, and per
+    other dataset the AUROCs, the images flagged, flagged by the score alone, and refused."""
+    table = {}
+    for model, by_data in scores.items():
+        own, split = own_data[model]
+        mine = list(by_data[own].values())
+        row = {"own": own, "own_split": split, "own_flagged": sum(bool(r["signals"]) for r in mine),
+               "own_n": len(mine), "others": {}}
+        for data, records in by_data.items():
+            if data == own:
+                continue
+            theirs = list(records.values())
+            taken = [r for r in theirs if "refused" not in r]
+            score = lambda r: r["score"] if r["score"] is not None else float("-inf")  # noqa: E731
+            row["others"][data] = {
+                "auroc": auroc([_ranking(r) for r in mine], [_ranking(r) for r in theirs]),
+                "auroc_score_alone": auroc([score(r) for r in mine], [score(r) for r in taken]) if taken else None,
+                "flagged": sum("refused" in r or bool(r["signals"]) for r in theirs),
+                "flagged_by_score": sum("score" in r["signals"] for r in taken),
+                "refused": len(theirs) - len(taken), "n": len(theirs)}
+        table[model] = row
+    return table
 
 
 def familiarity_table(models: List[str], device: str = "auto", batch_size: int = 16, limit: int = 0,
@@ -324,34 +353,16 @@ def familiarity_table(models: List[str], device: str = "auto", batch_size: int =
             raise DSSMError(f"model '{bundle.name}' has no familiarity calibration; run dssm calibrate --model "
                             f"{bundle.name} --update-bundle first")
     sets = test_sets(bundles)
-    scores: Dict[str, Dict[str, dict]] = {}
-    for bundle in bundles:
-        scores[bundle.name] = {data: score_cases(bundle, cases[:limit] if limit else cases, device, batch_size, progress)
-                               for data, (cases, _) in sets.items()}
-    table = {}
-    for bundle in bundles:
-        own = bundle.meta["training"]["data"]
-        mine = scores[bundle.name][own].values()
-        row = {"own": own, "own_split": sets[own][1], "own_flagged": sum(not r["familiar"] for r in mine),
-               "own_n": len(mine), "others": {}}
-        for data, records in scores[bundle.name].items():
-            if data == own:
-                continue
-            theirs = records.values()
-            density = [r for r in theirs if "refused" not in r]
-            row["others"][data] = {
-                "auroc": auroc([r["ranking"] for r in mine], [r["ranking"] for r in theirs]),
-                "auroc_score_alone": auroc([r["score"] for r in mine], [r["score"] for r in density])
-                if density else None,
-                "flagged": sum(not r["familiar"] for r in theirs), "refused": len(theirs) - len(density),
-                "n": len(theirs)}
-        table[bundle.name] = row
-    return {"scores": scores, "table": table}
+    scores = {bundle.name: {data: score_cases(bundle, cases[:limit] if limit else cases, device, batch_size, progress)
+                            for data, (cases, _) in sets.items()} for bundle in bundles}
+    own = {b.name: (b.meta["training"]["data"], sets[b.meta["training"]["data"]][1]) for b in bundles}
+    return {"scores": scores, "table": summarize(scores, own)}
 
 
 def markdown(table: dict) -> str:
     """The table of :func:`familiarity_table`: per model, its own images flagged, and per other dataset the AUROC
-    (score with the cheap signals; the score alone in brackets) and how many images are flagged or refused."""
+    (score with the cheap signals; the score alone in brackets) and how many images are flagged (by the score
+    alone in brackets) or refused."""
     datasets = list(dict.fromkeys(row["own"] for row in table.values()))
     lines = ["| model | own images flagged | " + " | ".join(datasets) + " |",
              "|---|---|" + "---|" * len(datasets)]
@@ -362,9 +373,11 @@ def markdown(table: dict) -> str:
                 cells.append("(own data)")
                 continue
             o = row["others"][data]
-            alone = "refused" if o["auroc_score_alone"] is None else f"{o['auroc_score_alone']:.3f}"
-            how = f"{o['refused']} refused" if o["refused"] == o["n"] else f"{o['flagged']} of {o['n']} flagged"
-            cells.append(f"{o['auroc']:.3f} ({alone}); {how}")
+            if o["refused"] == o["n"]:
+                cells.append(f"{o['auroc']:.3f}; all {o['n']} refused")
+                continue
+            cells.append(f"{o['auroc']:.3f} ({o['auroc_score_alone']:.3f}); {o['flagged']} of {o['n']} flagged "
+                         f"({o['flagged_by_score']} by the score)")
         own = f"{row['own_flagged']} of {row['own_n']}" + (" (training cases)" if row["own_split"] == "all" else "")
         lines.append(f"| {name} | {own} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -383,9 +396,21 @@ def familiarity_command(args) -> int:
         command = "dssm familiarity" + (f" --models {args.models}" if args.models else "") + (
             f" --limit {args.limit}" if args.limit else "")
         with atomic_output(Path(args.output)) as tmp:
-            tmp.write_text(json.dumps(_finite_or_none({"command": command, "markdown": text, **measured}),
-                                      indent=2) + "\n")
+            tmp.write_text(document(command, text, measured))
     return 0
+
+
+def document(command: str, markdown_table: str, measured: dict) -> str:
+    """The JSON file of ``dssm familiarity -o``: the command, the table (as Markdown and as numbers), and the
+    per-case scores, compact: per model and dataset one line, with the number of refused images and, for each
+    other image, ``[score, signal, ...]``."""
+    head = _finite_or_none({"command": command, "markdown": markdown_table, "table": measured["table"]})
+    lines = json.dumps(head, indent=1)[:-2] + ',\n "scores": {'
+    rows = [f'\n  {json.dumps(f"{model} on {data}")}: ' + json.dumps(_finite_or_none(
+                {"refused": sum("refused" in r for r in records.values()),
+                 "cases": {case: [r["score"], *r["signals"]] for case, r in records.items() if "refused" not in r}}))
+            for model, by_data in measured["scores"].items() for data, records in by_data.items()]
+    return lines + ",".join(rows) + "\n }\n}\n"
 
 
 def _finite_or_none(value):
