@@ -326,6 +326,8 @@ def cmd_segment(args) -> int:
             continue
         report["cases" if "output" in case else "skipped"].append(case)
         tqdm.write(case.pop("line"))
+        if case.get("warnings"):
+            sys.stdout.flush()  # the case's line first, also when both streams go to one file
         for warning in case.get("warnings", []):
             tqdm.write(f"dssm: warning: {warning}", file=sys.stderr)
     bar.close()
