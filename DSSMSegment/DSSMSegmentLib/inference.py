@@ -198,7 +198,7 @@ class _Extras:
     def add_pass(self, outputs: list, p: torch.Tensor, crop: tuple, dims: tuple, resample_to) -> None:
         """One pass's per-chain probabilities (``p``, the pass's probabilities, when one chain ran)."""
         top, left, h, w = crop
-        if outputs[0].sample_logits is None:
+        if getattr(outputs[0], "sample_logits", None) is None:  # also a stand-in network's plain logits
             chains = p[None]
         else:
             logits = torch.cat([o.sample_logits for o in outputs], dim=1)[..., top:top + h, left:left + w]
@@ -285,10 +285,11 @@ class Segmenter:
             progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
             timings: Optional[Timings] = None, postprocess: bool = True, name: str = "image",
             tta: Optional[bool] = None, uncertainty: bool = False) -> "SegmentationResult":
-        """Segment one image, as :meth:`segment`, and say what else the model knows about it: the image's
-        familiarity score (DSSM: from the Bayesian head's feature density), and with ``uncertainty`` the
-        per-voxel uncertainty map (:mod:`DSSMSegmentLib.uncertainty`), from :attr:`uncertainty_samples` Markov
-        chains per slice and every test-time pass. The mask does not depend on ``uncertainty``."""
+        """Segment one image, as :meth:`segment`, and say what else the model knows about it: how typical each
+        pixel's features are of its class (DSSM's Bayesian head; :func:`familiarity.assess` makes the image's
+        familiarity score of it), and with ``uncertainty`` the per-voxel uncertainty map
+        (:mod:`DSSMSegmentLib.uncertainty`) from :meth:`uncertainty_chains` Markov chains per slice and every
+        test-time pass. The mask does not depend on ``uncertainty``."""
         steps = self.bundle.default_steps if steps is None else int(steps)
         passes = self.passes(tta)
         if steps < 0:
@@ -356,7 +357,8 @@ class Segmenter:
         samples = self.samples_at(steps)
         # the bundle's own networks say more than their logits; a stand-in (the benchmark's naive chain) does not
         detailed = extras is not None and isinstance(network, (DSSM, DiscriminativeBaseline))
-        each_sample = detailed and extras.wants_uncertainty
+        wants_map = extras is not None and extras.wants_uncertainty
+        each_sample = detailed and wants_map
         chains = self.uncertainty_chains(steps) if each_sample else samples
         options = dict(details=True, each_sample=each_sample, mask_samples=samples) if detailed else {}
         if extras is not None:
@@ -407,7 +409,7 @@ class Segmenter:
                         if several_zooms:
                             p = pp.resize(p.contiguous(memory_format=torch.channels_last), shape_hw)
                         probs = p if probs is None else probs.add_(p)  # the argmax of the sum = of the mean
-                    if each_sample:
+                    if wants_map:
                         with clock("uncertainty"):
                             extras.add_pass(outputs, p, (top, left, h, w), dims,
                                             shape_hw if several_zooms else None)
@@ -417,6 +419,6 @@ class Segmenter:
                     # (the argmax over the class axis of an NCHW tensor was 10x slower on CPU)
                     probs = pp.resize(probs.contiguous(memory_format=torch.channels_last), shape_hw)
                     labels[start:start + b] = probs.argmax(1).to(torch.uint8).cpu().numpy()
-                if each_sample:
+                if wants_map:
                     with clock("uncertainty"):
                         extras.finish_batch(start, shape_hw)
