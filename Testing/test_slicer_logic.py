@@ -5,7 +5,9 @@ spacing, and segmented by ``DSSMSegmentLogic`` through the background worker. Th
 sit on the volume's exact grid, carry the model's names, colours and terminology, and export (with
 ``ExportVisibleSegmentsToLabelmapNode``) to the very labelmap that ``dssm segment`` writes for the same file.
 Re-running replaces DSSM's segments, edited segments are kept unless the caller says otherwise, and Cancel
-or an error leave the scene unchanged.
+or an error leave the scene unchanged. The uncertainty map becomes a volume on the input's exact grid, equal to
+``dssm segment --uncertainty``'s, shown over the input in the slice views, whose most uncertain slices the views
+jump to; an image unlike the model's training images comes back with its warnings.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import ACDC, ISIC, _need, describe, run_dssm
+from conftest import ACDC, CXR, ISIC, _need, describe, run_dssm
 
 import slicer  # noqa: E402  (the test extra slicer-core)
 import vtk  # noqa: E402
@@ -335,11 +337,13 @@ def test_cancel_kills_the_process_tree_within_a_second_and_changes_nothing(obliq
     assert (scene.GetNumberOfNodes(), (scene.GetMTime(), volume.GetMTime())) == (nodes, modified)
 
 
-def test_an_engine_error_reaches_the_caller_and_changes_nothing(obliqueCase, logic):
+@pytest.mark.parametrize("uncertaintyMap", [False, True], ids=["plain", "with the uncertainty map"])
+def test_an_engine_error_reaches_the_caller_and_changes_nothing(obliqueCase, logic, uncertaintyMap):
     scene, volume, _, _ = obliqueCase
     nodes, modified = scene.GetNumberOfNodes(), (scene.GetMTime(), volume.GetMTime())
     with pytest.raises(DSSMError, match="1 channel.*expects 3"):
-        logic.segment(SegmentationRequest(volume, "skin-lesion-dermoscopy", device="cpu"), timeout=300)
+        logic.segment(SegmentationRequest(volume, "skin-lesion-dermoscopy", device="cpu",
+                                          uncertaintyMap=uncertaintyMap), timeout=300)
     assert (scene.GetNumberOfNodes(), (scene.GetMTime(), volume.GetMTime())) == (nodes, modified)
 
 
@@ -374,3 +378,125 @@ def test_rgb_vector_volume_matches_dssm_segment(tmp_path, logic):
     assert proc.returncode == 0, describe(proc)
     cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli" / "rgb.nii.gz")))
     assert cli.sum() > 100 and np.array_equal(exported, cli)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The uncertainty map and the familiarity warning
+
+
+def runJob(logic, request):
+    """prepare -> process -> the finished job (not yet imported)."""
+    job = logic.prepare(request)
+    process = logic.createProcess(job)
+    process.start()
+    events = process.wait(300)
+    assert process.state is ProcessState.FINISHED, [e.message for e in events if e.kind is EventKind.FAILED]
+    return job
+
+
+def sliceView(scene, name: str = "Red"):
+    """A slice view as the Slicer application has one: its slice node and its composite node (layers)."""
+    sliceNode = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    sliceNode.SetLayoutName(name)
+    sliceNode.SetOrientationToAxial()
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    composite.SetLayoutName(name)
+    return sliceNode, composite
+
+
+def test_uncertainty_map_is_a_volume_on_the_inputs_grid_shown_over_it(obliqueCase, logic):
+    scene, volume, path, tmp = obliqueCase
+    sliceNode, composite = sliceView(scene)
+    job = runJob(logic, SegmentationRequest(volume, MODEL, device="cpu", uncertaintyMap=True))
+    created = []
+    try:
+        # A missing map is an error, and nothing in the scene changes.
+        nodes, modified = scene.GetNumberOfNodes(), scene.GetMTime()
+        aside = job.uncertaintyPath.with_name("aside.nrrd")
+        job.uncertaintyPath.rename(aside)
+        with pytest.raises(DSSMError, match="uncertainty map .* missing or unreadable"):
+            logic.importResult(job)
+        assert (scene.GetNumberOfNodes(), scene.GetMTime()) == (nodes, modified)
+        aside.rename(job.uncertaintyPath)
+
+        segmentation = logic.importResult(job)
+        node = job.uncertaintyVolume
+        created = [segmentation, node]
+    finally:
+        job.cleanup()
+    try:
+        # On the input's exact (oblique, anisotropic) grid, under the same transform, as a float volume ...
+        assert node.IsA("vtkMRMLScalarVolumeNode") and node.GetScene() is scene
+        assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+        assert np.abs(ijkToRas(node) - ijkToRas(volume)).max() < 1e-9
+        assert node.GetTransformNodeID() == volume.GetTransformNodeID()
+        values = voxels(node)
+        assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 1
+        # ... holding exactly what dssm segment --uncertainty writes for the same file.
+        proc = run_dssm(["segment", "--model", MODEL, "--device", "cpu", "--uncertainty", "-o", tmp / "cli-unc", path],
+                        cwd=tmp)
+        assert proc.returncode == 0, describe(proc)
+        cli = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "cli-unc" / "oblique_uncertainty.nii.gz")))
+        assert cli.shape == values.shape and np.abs(cli - values).max() < 1e-6
+        findings = job.findings
+        assert findings.threshold and (values > findings.threshold).sum() > 0
+        # Shown in colour over the input in the slice views, near-certain voxels transparent.
+        assert composite.GetBackgroundVolumeID() == volume.GetID()
+        assert composite.GetForegroundVolumeID() == node.GetID() and composite.GetForegroundOpacity() > 0.3
+        display = node.GetDisplayNode()
+        assert display.GetApplyThreshold() and 0 < display.GetLowerThreshold() < findings.threshold
+        # The slices with the most uncertain voxels, most first, as counted in the map along the slice axis (K).
+        perSlice = (values > findings.threshold).reshape(values.shape[0], -1).sum(1)
+        listed = [(s.index, s.voxels) for s in findings.uncertainSlices]
+        assert listed == sorted(listed, key=lambda item: -item[1])
+        assert all(perSlice[index] == count for index, count in listed)
+        assert listed[0][1] == perSlice.max()
+        assert set(findings.uncertainVolumes) == {label.name for label in resolve_model(MODEL).labels}
+        # A validation volume of the model's own data: no warning.
+        assert findings.warnings == [] and findings.familiar is True, findings.warnings
+        # Clicking a slice centres the slice views on it.
+        chosen = findings.uncertainSlices[-1]
+        logic.jumpToSlice(chosen, scene)
+        centre = [sliceNode.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+        assert np.allclose(centre, chosen.position, atol=1e-6)
+        onSlice = np.linalg.solve(ijkToRas(volume), [*chosen.position, 1.0])[:3]  # back to voxel indices
+        assert onSlice[2] == pytest.approx(chosen.index, abs=1e-6)
+        # Running again updates the same map volume instead of adding another.
+        again = runJob(logic, SegmentationRequest(volume, MODEL, steps=0, device="cpu", uncertaintyMap=True,
+                                                  outputSegmentation=segmentation))
+        try:
+            logic.importResult(again)
+        finally:
+            again.cleanup()
+        assert again.uncertaintyVolume is node and not np.array_equal(voxels(node), values)
+    finally:
+        for item in created + [sliceNode, composite]:
+            scene.RemoveNode(item)
+
+
+def test_an_unfamiliar_image_comes_back_with_its_warnings(tmp_path, logic):
+    """A chest X-ray given to the heart model: the segments are made anyway, and the findings carry one warning
+    that the image is unlike the training images and one for the structures that came out empty, each naming the
+    volume and the model; the status area shows them white on red."""
+    images = CXR / "images"
+    _need(images)
+    xray = sitk.ReadImage(str(images / "CHNCXR_0002_0.png"))
+    sitk.WriteImage(sitk.JoinSeries(xray), str(tmp_path / "xray.nrrd"))  # as Slicer holds a 2D image
+    scene = slicer.vtkMRMLScene()
+    volume = readVolume(scene, tmp_path / "xray.nrrd")
+    volume.SetName("chest X-ray")
+    job = runJob(logic, SegmentationRequest(volume, MODEL, device="cpu"))
+    try:
+        segmentation = logic.importResult(job)
+    finally:
+        job.cleanup()
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    findings = job.findings
+    assert findings.familiar is False
+    assert len(findings.warnings) == 2, findings.warnings
+    unfamiliar, empty = findings.warnings
+    assert unfamiliar.startswith(f"chest X-ray does not look like the images {MODEL} was trained on")
+    assert "a 2D image" in unfamiliar
+    assert empty.startswith("chest X-ray: ") and "came out empty" in empty and MODEL in empty
+    html = Logic.resultHtml("Done.", findings)
+    assert html.count(Logic.WARNING_STYLE) == 2 and "does not look like" in html

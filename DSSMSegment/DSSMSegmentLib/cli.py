@@ -1,4 +1,4 @@
-"""The ``dssm`` command: segment, train, evaluate, benchmark, models, cache.
+"""The ``dssm`` command: segment, train, evaluate, calibrate, familiarity, benchmark, models, cache.
 
 Every user-facing problem is a :class:`~DSSMSegmentLib.errors.DSSMError`: it is printed as one line,
 ``dssm: error: ...``, and the exit status is 2 (1 for an unexpected internal error, 130 for Ctrl-C).
@@ -80,7 +80,14 @@ def _add_segment(sub) -> None:
     p.add_argument("--samples", type=_count(1), default=1,
                    help="Markov chains per slice, each from its own noise; their latents are averaged (DSSM at "
                         "K > 0 only; 4 samples: about 1.8x the time of one)")
-    p.add_argument("--timings", default=None, help="write per-case timings to this JSON file")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write X_uncertainty.nii.gz (X_uncertainty.png for a 2D image, 16-bit: value/65535), "
+                        "the per-voxel uncertainty from several Markov chains (and every --tta pass), 0 certain to 1, "
+                        "and print per structure the volume of uncertain voxels; with --overlay also "
+                        "X_uncertainty_overlay.png (docs/uncertainty.md)")
+    _add_uncertainty_chains(p)
+    p.add_argument("--timings", default=None,
+                   help="write per-case timings, familiarity scores and warnings to this JSON file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs that already exist (never an input file)")
     p.add_argument("--fail-fast", action="store_true",
@@ -152,6 +159,49 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--samples", type=_count(1), default=1, help="Markov chains per slice, as for segment")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also measure each uncertainty map: voxel AUROC for finding wrong voxels, per-case Spearman "
+                        "correlation with 1 - Dice (docs/uncertainty.md)")
+    _add_uncertainty_chains(p)
+
+
+def _add_uncertainty_chains(p) -> None:
+    from .uncertainty import UNCERTAINTY_SAMPLES
+
+    p.add_argument("--uncertainty-chains", type=_count(1), default=UNCERTAINTY_SAMPLES,
+                   help="Markov chains per slice for the uncertainty map (at least --samples; the mask is the same "
+                        "whatever this is); each chain beyond the first adds about half the network time of a plain "
+                        "run")
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="calibrate a model's familiarity warning on its training cases",
+                       formatter_class=_HelpFormatter,
+                       description="Run a DSSM model on its own training cases and compute what its familiarity "
+                       "warning needs: the per-class feature levels, the score threshold, the training geometry and "
+                       "the structures it always finds (docs/uncertainty.md). Never uses the validation cases.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=None, help="dataset (default: the one the model was trained on)")
+    _add_run_options(p, "use at most this many training cases (0: all)")
+    p.add_argument("--update-bundle", action="store_true", help="record the calibration in the bundle's model.json")
+
+
+def _add_run_options(p, limit_help: str) -> None:
+    """``--device``, ``--batch-size`` and ``--limit`` of the commands that run a model over a dataset."""
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
+    p.add_argument("--limit", type=_count(0), default=0, help=limit_help)
+
+
+def _add_familiarity(sub) -> None:
+    p = sub.add_parser("familiarity", help="measure the familiarity warning: own validation images vs other data",
+                       formatter_class=_HelpFormatter,
+                       description="Score each model's own validation images and the validation images of every "
+                       "other model's data (all cases of a dataset without a validation split), and print the AUROC "
+                       "of telling them apart and how many are flagged (docs/uncertainty.md).")
+    p.add_argument("--models", default=None, help="comma-separated models (default: every bundled DSSM model)")
+    _add_run_options(p, "at most this many cases per dataset (0: all)")
+    p.add_argument("-o", "--output", default=None, help="write the scores and the table to this JSON file")
 
 
 def _add_benchmark(sub) -> None:
@@ -180,18 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_cache(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
+    _add_familiarity(sub)
     _add_benchmark(sub)
     p = sub.add_parser("models", help="list the bundled and local models")
     p.add_argument("--json", action="store_true")
     return parser
 
 
-def _outputs_of(path: Path, out_dir: Path, overlay: bool, is_2d: Optional[bool] = None) -> List[Path]:
-    """The files ``dssm segment`` writes for one input: its mask, and its overlay with ``--overlay``."""
+def _outputs_of(path: Path, out_dir: Path, overlay: bool, is_2d: Optional[bool] = None,
+                uncertainty: bool = False) -> List[Path]:
+    """The files ``dssm segment`` writes for one input: its mask; its overlay with ``--overlay``; with
+    ``--uncertainty`` its uncertainty map (and that map's overlay with ``--overlay``)."""
     from .imageio import output_name, stem_of
 
     mask = out_dir / output_name(path, is_2d)
-    return [mask] + ([out_dir / f"{stem_of(path)}_overlay.png"] if overlay else [])
+    outputs = [mask] + ([out_dir / f"{stem_of(path)}_overlay.png"] if overlay else [])
+    if uncertainty:
+        outputs.append(out_dir / (stem_of(path) + "_uncertainty" + mask.name[len(stem_of(path)):]))
+        if overlay:
+            outputs.append(out_dir / f"{stem_of(path)}_uncertainty_overlay.png")
+    return outputs
 
 
 def _input_files(inputs: List[Path]) -> set:
@@ -237,7 +296,7 @@ def cmd_segment(args) -> int:
                         "command line to segment it anyway")
     targets: dict = {}
     for path in inputs:
-        for target in _outputs_of(path, out_dir, args.overlay):
+        for target in _outputs_of(path, out_dir, args.overlay, uncertainty=args.uncertainty):
             if target in targets:
                 raise DSSMError(f"{targets[target]} and {path} would both be written as {target}; segment them "
                                 "into different output folders or rename one")
@@ -255,7 +314,8 @@ def cmd_segment(args) -> int:
     from .inference import Segmenter
 
     t_load = time.perf_counter()
-    segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples)
+    segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples,
+                          uncertainty_samples=args.uncertainty_chains)
     load_seconds = time.perf_counter() - t_load
     steps = bundle.default_steps if args.steps is None else args.steps
     print(f"model {bundle.name} ({bundle.architecture.kind}, K={steps if bundle.architecture.kind == 'dssm' else '-'})"
@@ -277,6 +337,10 @@ def cmd_segment(args) -> int:
             continue
         report["cases" if "output" in case else "skipped"].append(case)
         tqdm.write(case.pop("line"))
+        if case.get("warnings"):
+            sys.stdout.flush()  # the case's line first, also when both streams go to one file
+        for warning in case.get("warnings", []):
+            tqdm.write(f"dssm: warning: {warning}", file=sys.stderr)
     bar.close()
     if args.timings:
         _write_timings(report, Path(args.timings), rank, world)
@@ -304,7 +368,7 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
     if values is not None:  # found in a folder, and only a few integer values: a label map, not an image
         return {"input": str(path), "reason": "label map", "line": f"skipped {path}: a label map (values "
                 f"{', '.join(map(str, values))}); name it on the command line to segment it anyway"}
-    outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2)
+    outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2, args.uncertainty)
     unplanned = {t: path for t in outputs if targets.get(t) != path}
     if unplanned:  # a file type that held another dimension than its suffix says (a 3D TIFF, a 2D NRRD)
         _refuse_unsafe_outputs(unplanned, protected, args.overwrite)
@@ -312,8 +376,11 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
         if clash:
             raise DSSMError(f"{path} would be written as {clash[0]}, the output of {targets[clash[0]]}; "
                             "segment them into different output folders")
-    labels = segmenter.segment(image, steps=args.steps, seed=args.seed, timings=timings,
-                               postprocess=not args.no_postprocess, name=str(path))
+    from .familiarity import assess
+
+    result = segmenter.run(image, steps=args.steps, seed=args.seed, timings=timings,
+                           postprocess=not args.no_postprocess, name=str(path), uncertainty=args.uncertainty)
+    labels = result.labels
     t0 = time.perf_counter()
     write_image_atomically(labels, outputs[0], geometry_from=path if path.is_file() else None)
     timings.add("write", time.perf_counter() - t0)
@@ -323,11 +390,53 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
         t0 = time.perf_counter()
         write_overlay(image, labels, segmenter.bundle.labels, outputs[1])
         timings.add("overlay", time.perf_counter() - t0)
+    record = {"input": str(path), "output": str(outputs[0])}
+    lines = []
+    if args.uncertainty:
+        record.update(_write_uncertainty(segmenter, image, result, path, outputs[-2 if args.overlay else -1],
+                                         outputs[-1] if args.overlay else None, timings))
+        lines.append(record.pop("line"))
+    assessment = assess(segmenter.bundle, result, str(path))
+    record.update(assessment.record())
     stages = {k: round(v, 4) for k, v in timings.stages.items()}
     line = (f"{path} -> {outputs[0]}  ({timings.total:.2f} s: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
             + ")")
-    return {"input": str(path), "output": str(outputs[0]), "seconds": round(timings.total, 4), "stages": stages,
-            "line": line}
+    record.update({"seconds": round(timings.total, 4), "stages": stages, "line": "\n".join([line] + lines)})
+    return record
+
+
+def _write_uncertainty(segmenter, image, result, path: Path, target: Path, overlay: Optional[Path],
+                       timings) -> dict:
+    """Write one input's uncertainty map (and its overlay); the ``--timings`` fields and the line that gives the
+    uncertain volume of each structure."""
+    import numpy as np
+
+    from . import uncertainty as unc
+    from .imageio import image_like, spacing_zyx, write_image_atomically
+
+    t0 = time.perf_counter()
+    level = unc.threshold(segmenter.bundle.architecture.num_classes)
+    is_2d = image.GetDimension() == 2
+    if is_2d:  # a PNG holds no floats: 16 bits, value / 65535 is the uncertainty
+        scaled = np.round(result.uncertainty_maps[unc.MEASURE] * 65535).clip(0, 65535)
+        write_image_atomically(image_like(scaled, image, np.uint16), target)
+    else:
+        write_image_atomically(result.uncertainty, target, geometry_from=path if path.is_file() else None)
+    timings.add("write", time.perf_counter() - t0)
+    if overlay is not None:
+        from .overlay import write_uncertainty_overlay
+
+        t0 = time.perf_counter()
+        write_uncertainty_overlay(image, result.uncertainty, result.labels, segmenter.bundle.labels, level, overlay)
+        timings.add("overlay", time.perf_counter() - t0)
+    volumes = unc.uncertain_volumes(result.uncertainty_maps[unc.MEASURE], result.likely_structure, spacing_zyx(image),
+                                    segmenter.bundle.labels, level, is_2d)
+    unit = "mm2" if is_2d else "mL"
+    line = (f"    uncertain ({unc.MEASURE.replace('_', ' ')} > {level:.3f}, {result.uncertainty_chains} chain(s) x "
+            f"{len(segmenter.passes())} pass(es)) -> {target.name}: "
+            + ", ".join(f"{name} {value:.{0 if is_2d else 2}f} {unit}" for name, value in volumes.items()))
+    return {"uncertainty": str(target), "uncertainty_threshold": round(level, 4),
+            f"uncertain_{unit}": {k: round(v, 3) for k, v in volumes.items()}, "line": line}
 
 
 def _write_timings(report: dict, target: Path, rank: int, world: int) -> None:
@@ -404,6 +513,26 @@ def cmd_evaluate(args) -> int:
     return evaluate_command(args)
 
 
+def cmd_calibrate(args) -> int:
+    from .bundle import META_FILE, resolve_model
+    from .familiarity import calibrate, record_calibration
+
+    calibration = calibrate(args.model, args.data, args.device, args.batch_size, args.limit)
+    if args.update_bundle:
+        calibration["command"] += " --update-bundle"
+    print(json.dumps(calibration, indent=2))
+    if args.update_bundle:
+        record_calibration(args.model, calibration)
+        print(f"recorded in {resolve_model(args.model).path / META_FILE}")
+    return 0
+
+
+def cmd_familiarity(args) -> int:
+    from .familiarity import familiarity_command
+
+    return familiarity_command(args)
+
+
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark_command
 
@@ -411,7 +540,8 @@ def cmd_benchmark(args) -> int:
 
 
 COMMANDS = {"segment": cmd_segment, "train": cmd_train, "cache": cmd_cache, "models": cmd_models,
-            "evaluate": cmd_evaluate, "benchmark": cmd_benchmark}
+            "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "familiarity": cmd_familiarity,
+            "benchmark": cmd_benchmark}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -20,6 +20,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
+from . import uncertainty as unc
 from .bundle import META_FILE, evaluation_key, evaluation_options, resolve_model
 from .datasets import Case, case_key, find_cases, read_label_array
 from .errors import DSSMError
@@ -49,14 +50,18 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
 
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
-             tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1) -> dict:
+             tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1,
+             uncertainty: bool = False, uncertainty_chains: int = unc.UNCERTAINTY_SAMPLES) -> dict:
+    """Segment and score the cases; with ``uncertainty``, also measure how well each uncertainty measure
+    (:data:`uncertainty.MEASURES`) finds the wrong voxels (:class:`uncertainty.ErrorDetection`)."""
     from tqdm import tqdm
 
     bundle = resolve_model(bundle_name)
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
-    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples)
+    segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples,
+                          uncertainty_samples=uncertainty_chains)
     k = bundle.default_steps if steps is None else int(steps)
     samples = segmenter.samples_at(k)  # what ran (K = 0 has no chain; a baseline has none)
     structures = structures_of(bundle)
@@ -64,10 +69,14 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     by_dataset: Dict[str, Dict[str, Dict[str, StructureMetrics]]] = defaultdict(dict)
     seconds: Dict[str, float] = {}
     options = evaluation_options(tta, postprocess, seed, samples)
+    detection = {measure: unc.ErrorDetection() for measure in unc.MEASURES} if uncertainty else {}
+    chains = 0
     for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}{options}", unit="case", disable=not progress):
         image = read_image(case.image)
         t0 = time.perf_counter()
-        labels = segmenter.segment(image, steps=k, seed=seed, name=str(case.image), postprocess=postprocess)
+        run = segmenter.run(image, steps=k, seed=seed, name=str(case.image), postprocess=postprocess,
+                            uncertainty=uncertainty)
+        labels = run.labels
         seconds[case.case_id] = time.perf_counter() - t0
         pred = sitk.GetArrayFromImage(labels)
         gt = read_label_array(case).reshape(pred.shape)
@@ -75,6 +84,11 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         result = case_metrics(pred, gt, structures, spacing)
         per_case[case.case_id] = result
         by_dataset[case.dataset][case.case_id] = result
+        if uncertainty:
+            chains = run.uncertainty_chains
+            mean_dice = float(np.mean([result[lab.name].dice for lab in bundle.labels]))
+            for measure, found in detection.items():
+                found.add(case.case_id, run.uncertainty_maps[measure].reshape(pred.shape), pred, gt, mean_dice)
         if output is not None:
             suffix = ".png" if image.GetDimension() == 2 else ".nii.gz"
             write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
@@ -88,6 +102,14 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         "by_dataset": {name: summarize(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
         "per_case": {cid: {s: vars(m) for s, m in res.items()} for cid, res in per_case.items()},
     }
+    if uncertainty:
+        passes = len(segmenter.passes())
+        # with one chain the first chain's entropy is the entropy, and with one sample in all there is no mutual
+        # information to measure
+        shown = [m for m in unc.MEASURES if not (m == "entropy_first_chain" and chains == 1)
+                 and not (m == "mutual_information" and chains * passes == 1)]
+        report["uncertainty"] = {"chains": chains, "passes": passes, "written": unc.MEASURE,
+                                 "measures": {m: detection[m].summary() for m in shown}}
     if output is not None:
         _write_outputs(Path(output), report, seconds)
     return report
@@ -153,7 +175,8 @@ def record_cross_validation(bundle_name: str, metrics_files: List[Path], method:
 def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
-                      postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples)
+                      postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples,
+                      uncertainty=args.uncertainty, uncertainty_chains=args.uncertainty_chains)
     print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}"
           f"{', %d Markov samples' % report['samples'] if report['samples'] > 1 else ''}, "
           f"{report['n_cases']} {report['split']} "
@@ -162,7 +185,24 @@ def evaluate_command(args) -> int:
     for name, summary in report["by_dataset"].items():
         print(f"\n{name}:\n")
         print(markdown_table(summary))
+    if "uncertainty" in report:
+        print("\n" + uncertainty_table(report))
     if args.update_bundle:
         record_in_bundle(args.model, report)
         print(f"\nrecorded in {resolve_model(args.model).path / META_FILE}")
     return 0
+
+
+def uncertainty_table(report: dict) -> str:
+    """Markdown: for each uncertainty measure, the voxel AUROC for finding wrong voxels and the per-case Spearman
+    correlation with 1 - Dice (``dssm evaluate --uncertainty``)."""
+    info = report["uncertainty"]
+    rows = [f"Uncertainty of {report['model']} ({info['chains']} chain(s) x {info['passes']} pass(es) per slice, "
+            f"{report['n_cases']} cases):", "",
+            "| measure | voxel AUROC (wrong voxels) | AUROC near the structures | Spearman (case uncertainty vs "
+            "1 - Dice) | wrong voxels |", "|---|---|---|---|---|"]
+    for measure, m in info["measures"].items():
+        mark = " (written)" if measure == info["written"] else ""
+        rows.append(f"| {measure.replace('_', ' ')}{mark} | {m['auroc']:.3f} | {m['auroc_near']:.3f} | "
+                    f"{m['spearman']:.3f} | {m['wrong_voxels']} of {m['voxels']} |")
+    return "\n".join(rows)

@@ -378,9 +378,15 @@ def spacing_zyx(image: sitk.Image) -> tuple:
 
 def label_image_like(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """A uint8 label image on exactly the reference's grid (size, origin, spacing, direction)."""
+    return image_like(labels, reference, np.uint8)
+
+
+def image_like(array: np.ndarray, reference: sitk.Image, dtype=np.float32) -> sitk.Image:
+    """A scalar image of ``dtype`` on exactly the reference's grid (size, origin, spacing, direction); ``array``
+    is (Z, Y, X), or (1, Y, X) for a 2D reference."""
     if reference.GetDimension() == 2:
-        labels = labels.reshape(labels.shape[-2:])
-    out = sitk.GetImageFromArray(labels.astype(np.uint8))
+        array = array.reshape(array.shape[-2:])
+    out = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
     out.SetOrigin(reference.GetOrigin())
     out.SetSpacing(reference.GetSpacing())
     out.SetDirection(reference.GetDirection())

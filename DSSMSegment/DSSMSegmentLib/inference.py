@@ -32,10 +32,11 @@ import SimpleITK as sitk
 import torch
 
 from . import preprocess as pp
+from . import uncertainty as unc
 from .bundle import ModelBundle
 from .errors import Cancelled, DSSMError
-from .imageio import label_image_like
-from .networks import optimize_for_inference
+from .imageio import image_like, label_image_like
+from .networks import DSSM, DiscriminativeBaseline, optimize_for_inference
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction of the whole case done)
 
@@ -160,11 +161,80 @@ def chain_generators(seed: int, first_slice: int, n: int, pass_index: int, sampl
             for s in range(samples) for j in range(n)]
 
 
+@dataclass
+class SegmentationResult:
+    """A mask and what else the model can say about the image (:meth:`Segmenter.run`)."""
+
+    labels: sitk.Image  # uint8, on the input's exact grid
+    axis: int  # the array axis (0 = Z, 1 = Y, 2 = X) the volume was cut into slices along; 0 for a 2D image
+    # for every pixel of the plain pass (network grid, padding left out): log p(f|c*), the likelihood of its
+    # features under the mixture of its class c*, and c*; None for a baseline (no feature density)
+    typicality: Optional[tuple] = None
+    # with the uncertainty map: the written measure as an image on the input's grid (float32, 0 certain .. 1),
+    # every measure of uncertainty.MEASURES as an array (Z, Y, X), and the structure most likely at each voxel
+    uncertainty: Optional[sitk.Image] = None
+    uncertainty_maps: Dict[str, np.ndarray] = field(default_factory=dict)
+    likely_structure: Optional[np.ndarray] = None
+    uncertainty_chains: int = 0  # Markov chains per slice and pass the map comes from
+
+
+class _Extras:
+    """What a run collects beside the mask, batch of slices by batch: the plain pass's feature typicality, and,
+    when asked, the mean probabilities and the mean entropy over every chain and pass (:mod:`.uncertainty`)."""
+
+    def __init__(self, num_classes: int, shape: tuple, wants_uncertainty: bool) -> None:
+        self.num_classes, self.wants_uncertainty = num_classes, wants_uncertainty
+        self.typicality: list = []
+        self.chains = 1
+        if wants_uncertainty:
+            self.maps = {name: np.zeros(shape, np.float32) for name in unc.MEASURES}
+            self.likely = np.zeros(shape, np.uint8)
+        self._sums = None
+        self._n = self._passes = 0
+
+    def add_typicality(self, likelihood: torch.Tensor, classes: torch.Tensor) -> None:
+        self.typicality.append((likelihood.float().cpu().numpy().ravel(), classes.cpu().numpy().ravel()))
+
+    def add_pass(self, outputs: list, p: torch.Tensor, crop: tuple, dims: tuple, resample_to) -> None:
+        """One pass's per-chain probabilities (``p``, the pass's probabilities, when one chain ran)."""
+        top, left, h, w = crop
+        if getattr(outputs[0], "sample_logits", None) is None:  # also a stand-in network's plain logits
+            chains = p[None]
+        else:
+            logits = torch.cat([o.sample_logits for o in outputs], dim=1)[..., top:top + h, left:left + w]
+            chains = torch.softmax((logits.flip(dims) if dims else logits).float(), dim=2)
+            if resample_to is not None:
+                s, b = chains.shape[:2]
+                chains = pp.resize(chains.flatten(0, 1).contiguous(memory_format=torch.channels_last),
+                                   resample_to).view(s, b, *chains.shape[2:3], *resample_to)
+        # per pass: the sum of the chains' probabilities, of their entropies, and the first chain's probabilities
+        sums = torch.cat([chains.sum(0), unc.entropy(chains, dim=2).sum(0)[:, None], chains[0]], dim=1)
+        self._sums = sums if self._sums is None else self._sums.add_(sums)
+        self._n += chains.shape[0]
+        self._passes += 1
+
+    def finish_batch(self, start: int, shape_hw) -> None:
+        """The batch's maps on the native in-plane grid (:data:`uncertainty.MEASURES`) and likely structures."""
+        c = self.num_classes
+        sums = self._sums.contiguous(memory_format=torch.channels_last)
+        sums = pp.resize(sums, shape_hw)
+        mean_p, mean_h, first_p = sums[:, :c] / self._n, sums[:, c] / self._n, sums[:, c + 1:] / self._passes
+        total = unc.entropy(mean_p, dim=1)
+        scale = 1.0 / np.log(c)
+        end = start + sums.shape[0]
+        self.maps["entropy"][start:end] = (total * scale).cpu().numpy()
+        self.maps["mutual_information"][start:end] = ((total - mean_h).clamp_min(0) * scale).cpu().numpy()
+        self.maps["entropy_first_chain"][start:end] = (unc.entropy(first_p, dim=1) * scale).cpu().numpy()
+        self.likely[start:end] = (mean_p[:, 1:].argmax(1) + 1).to(torch.uint8).cpu().numpy()
+        self._sums = None
+        self._n = self._passes = 0
+
+
 class Segmenter:
     """A loaded model, ready to segment images one after another."""
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", batch_size: int = 16, tta: bool = False,
-                 samples: int = 1) -> None:
+                 samples: int = 1, uncertainty_samples: int = unc.UNCERTAINTY_SAMPLES) -> None:
         self.bundle = bundle
         self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
@@ -174,6 +244,8 @@ class Segmenter:
             raise DSSMError("--samples must be 1 or more")
         # Markov chains per slice, each from its own noise, whose latents are averaged (DSSM at K > 0 only)
         self.samples = samples if bundle.architecture.kind == "dssm" else 1
+        # Markov chains per slice that the uncertainty map is computed from (at least; more with --samples)
+        self.uncertainty_samples = max(1, int(uncertainty_samples))
         self.test_time_passes = bundle.test_time_passes  # (zoom, flip dims), grouped by zoom
         # ``network`` is the model exactly as the bundle holds it (saving it gives the same file back); the
         # segmentation runs on a copy prepared for speed - BatchNorm folded into the convolutions and
@@ -203,9 +275,21 @@ class Segmenter:
     def segment(self, image: sitk.Image, steps: Optional[int] = None, seed: int = 0,
                 progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
                 timings: Optional[Timings] = None, postprocess: bool = True, name: str = "image",
-                tta: Optional[bool] = None) -> sitk.Image:
+                tta: Optional[bool] = None, uncertainty: bool = False) -> sitk.Image:
         """Segment one image; returns a uint8 label image on the input's exact grid. ``tta``: average over the
-        model's test-time passes (default: as the Segmenter was created)."""
+        model's test-time passes (default: as the Segmenter was created). ``uncertainty``: also compute the
+        uncertainty map, as :meth:`run` does (the mask is the same; for timing the whole work)."""
+        return self.run(image, steps, seed, progress, cancel, timings, postprocess, name, tta, uncertainty).labels
+
+    def run(self, image: sitk.Image, steps: Optional[int] = None, seed: int = 0,
+            progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
+            timings: Optional[Timings] = None, postprocess: bool = True, name: str = "image",
+            tta: Optional[bool] = None, uncertainty: bool = False) -> "SegmentationResult":
+        """Segment one image, as :meth:`segment`, and say what else the model knows about it: how typical each
+        pixel's features are of its class (DSSM's Bayesian head; :func:`familiarity.assess` makes the image's
+        familiarity score of it), and with ``uncertainty`` the per-voxel uncertainty map
+        (:mod:`DSSMSegmentLib.uncertainty`) from :meth:`uncertainty_chains` Markov chains per slice and every
+        test-time pass. The mask does not depend on ``uncertainty``."""
         steps = self.bundle.default_steps if steps is None else int(steps)
         passes = self.passes(tta)
         if steps < 0:
@@ -224,8 +308,10 @@ class Segmenter:
                                                        self.bundle.architecture.in_channels, name)
             shape_hw = slices.shape[-2:]
         labels = np.zeros((slices.shape[0], *shape_hw), dtype=np.uint8)
+        extras = _Extras(self.bundle.architecture.num_classes, labels.shape, uncertainty)
         try:
-            self._run_network(slices, target, shape_hw, steps, seed, passes, labels, clock, report, check_cancel)
+            self._run_network(slices, target, shape_hw, steps, seed, passes, labels, clock, report, check_cancel,
+                              extras)
         except torch.cuda.OutOfMemoryError:
             raise DSSMError(f"out of GPU memory while segmenting {name}; use a smaller --batch-size "
                             "or --device cpu") from None
@@ -238,14 +324,30 @@ class Segmenter:
             values = self.bundle.postprocessing.get("largest_component", []) if postprocess else []
             if values:
                 volume = keep_largest_component(volume, values)
-            result = label_image_like(volume, image)
+            result = SegmentationResult(label_image_like(volume, image), axis=axis)
+            if extras.typicality:
+                result.typicality = tuple(np.concatenate(part) for part in zip(*extras.typicality))
+            if uncertainty:
+                result.uncertainty_maps = {name: pp.from_slices(m, axis) for name, m in extras.maps.items()}
+                result.uncertainty = image_like(result.uncertainty_maps[unc.MEASURE], image)
+                result.likely_structure = pp.from_slices(extras.likely, axis)
+                result.uncertainty_chains = extras.chains
         report("done", 1.0)
         return result
 
+    def uncertainty_chains(self, steps: int) -> int:
+        """Markov chains per slice that a run with the uncertainty map draws at ``steps``: the Segmenter's
+        ``samples``, at least :attr:`uncertainty_samples` (DSSM at K > 0 only: elsewhere there is no chain)."""
+        if steps <= 0 or self.bundle.architecture.kind != "dssm":
+            return 1
+        return max(self.samples, self.uncertainty_samples)
+
     def _run_network(self, slices, target, shape_hw, steps, seed, passes, labels, clock, report,
-                     check_cancel) -> None:
+                     check_cancel, extras: Optional["_Extras"] = None) -> None:
         """Network over batches of slices; each pass ``(zoom, flip dims)`` of ``passes`` adds its class
-        probabilities (on the native in-plane grid when zooms differ), and the argmax of the sum is the label."""
+        probabilities (on the native in-plane grid when zooms differ), and the argmax of the sum is the label.
+        ``extras`` collects the feature typicality of the plain pass and, when it asks, the uncertainty of every
+        pass and chain."""
         device = self.device
         multiple = self.bundle.architecture.size_multiple
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
@@ -253,6 +355,14 @@ class Segmenter:
         n = slices.shape[0]
         several_zooms = len({zoom for zoom, _ in passes}) > 1
         samples = self.samples_at(steps)
+        # the bundle's own networks say more than their logits; a stand-in (the benchmark's naive chain) does not
+        detailed = extras is not None and isinstance(network, (DSSM, DiscriminativeBaseline))
+        wants_map = extras is not None and extras.wants_uncertainty
+        each_sample = detailed and wants_map
+        chains = self.uncertainty_chains(steps) if each_sample else samples
+        options = dict(details=True, each_sample=each_sample, mask_samples=samples) if detailed else {}
+        if extras is not None:
+            extras.chains = chains if each_sample else 1
         with torch.inference_mode(), autocast:
             for start in range(0, n, self.batch_size):
                 check_cancel()
@@ -263,7 +373,7 @@ class Segmenter:
                     # a zoomed pass, or one with several Markov samples, runs in smaller chunks of slices, so that
                     # no network call needs much more memory than a plain batch does (each extra sample's chain
                     # adds about a quarter of a plain pass's working memory: measured 213 of 900 MiB)
-                    chunk = max(1, int(b / (zoom * zoom * (1 + (samples - 1) / 4))))
+                    chunk = max(1, int(b / (zoom * zoom * (1 + (chains - 1) / 4))))
 
                     def on_step(i: int, total: int, k=k, done=0, size=b) -> None:  # progress per Markov step
                         within = (done + size * i / max(1, total)) / b
@@ -281,22 +391,34 @@ class Segmenter:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with clock("network"):
                         # one generator per slice: the noise of slice i is the same however slices are batched
-                        logits = torch.cat([
-                            network(x[i:i + chunk], steps=steps, samples=samples,
-                                    generator=chain_generators(seed, start + i, min(chunk, b - i), k, samples,
+                        outputs = [
+                            network(x[i:i + chunk], steps=steps, samples=chains,
+                                    generator=chain_generators(seed, start + i, min(chunk, b - i), k, chains,
                                                                device) if steps > 0 else None,
-                                    step_callback=partial(on_step, done=i, size=min(chunk, b - i)))
-                            for i in range(0, b, chunk)])[..., top:top + h, left:left + w]
+                                    step_callback=partial(on_step, done=i, size=min(chunk, b - i)), **options)
+                            for i in range(0, b, chunk)]
+                        logits = torch.cat([o.logits if detailed else o for o in outputs])[..., top:top + h,
+                                                                                            left:left + w]
                         if dims:
                             logits = logits.flip(dims)
+                        if detailed and k == 0 and outputs[0].typicality is not None:  # the plain pass's
+                            extras.add_typicality(*(torch.cat([o.typicality[i] for o in outputs])[
+                                :, top:top + h, left:left + w] for i in (0, 1)))
                     with clock("resample out"):
                         p = torch.softmax(logits.float(), dim=1)
                         if several_zooms:
                             p = pp.resize(p.contiguous(memory_format=torch.channels_last), shape_hw)
                         probs = p if probs is None else probs.add_(p)  # the argmax of the sum = of the mean
+                    if wants_map:
+                        with clock("uncertainty"):
+                            extras.add_pass(outputs, p, (top, left, h, w), dims,
+                                            shape_hw if several_zooms else None)
                     report("network", 0.95 * (start + b * (k + 1) / len(passes)) / n)
                 with clock("resample out"):
                     # channels-last: the softmax and the argmax then reduce over a contiguous class axis
                     # (the argmax over the class axis of an NCHW tensor was 10x slower on CPU)
                     probs = pp.resize(probs.contiguous(memory_format=torch.channels_last), shape_hw)
                     labels[start:start + b] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                if wants_map:
+                    with clock("uncertainty"):
+                        extras.finish_batch(start, shape_hw)

@@ -136,7 +136,7 @@ class BayesianHead(nn.Module):
         return weight.t().contiguous(), bias
 
     def refine(self, features: torch.Tensor, label_quarter: torch.Tensor, log_prior: torch.Tensor,
-               chunk_pixels: int = 1 << 16) -> torch.Tensor:
+               chunk_pixels: int = 1 << 16, typicality: Optional[tuple] = None) -> torch.Tensor:
         """Inference-only fused form of ``forward(normalize(features + up(label_quarter)), log_prior)``.
 
         Same arithmetic as :meth:`DSSM.posterior` followed by :meth:`forward`, reorganised for speed (the
@@ -149,7 +149,10 @@ class BayesianHead(nn.Module):
           ``f``, ``f*f`` and the component scores of one chunk stay in cache instead of streaming through RAM;
         * the log-sum-exp over components and the prior are added in the same chunk.
 
-        Returns log-posterior logits (B, C, H, W) in float32, laid out channels-last.
+        Returns log-posterior logits (B, C, H, W) in float32, laid out channels-last. With ``typicality``, a pair
+        of (B, H, W) tensors (float32, uint8), also writes there, for each pixel, the log-likelihood of its
+        features under the mixture of the class the posterior gives it, ``log p(f|c*)``, and that class ``c*``
+        (:meth:`class_log_likelihood`): how typical the pixel is of what it was labelled.
         """
         b, d, h, w = features.shape
         weight, bias = self._quadratic_form()
@@ -165,7 +168,19 @@ class BayesianHead(nn.Module):
             comp = torch.addmm(bias, torch.cat([s * s, s], dim=1), weight).float()  # (P, C*M); bf16 under autocast
             lse = torch.logsumexp(comp.view(-1, self.num_classes, self.components), dim=2)
             torch.add(lse.view(j - i, h, w, self.num_classes), prior[i:j].float(), out=out[i:j])
+            if typicality is not None:
+                classes = out[i:j].argmax(-1)
+                typicality[0][i:j] = lse.view(j - i, h, w, self.num_classes).gather(-1, classes[..., None])[..., 0]
+                typicality[1][i:j] = classes
         return out.permute(0, 3, 1, 2)
+
+    def class_log_likelihood(self, f: torch.Tensor, log_prior: torch.Tensor) -> tuple:
+        """``(log p(f|c*), c*)`` for (L2-normalised) features (B, D, H, W), c* being the class of the posterior's
+        argmax: each (B, H, W). Low where a pixel's features are unlike those of its class in training; the
+        image's familiarity score (:mod:`DSSMSegmentLib.familiarity`) is built on it."""
+        likelihood = self.log_likelihood(f)
+        classes = (likelihood + log_prior.float()).argmax(1)
+        return likelihood.gather(1, classes[:, None])[:, 0], classes
 
 
 class LabelAutoencoder(nn.Module):
@@ -280,6 +295,19 @@ class LatentDenoiser(nn.Module):
         return torch.tanh(self.out(h))
 
 
+@dataclass
+class InferenceOutputs:
+    """What one inference call of a network gives with ``details=True`` (:meth:`DSSM.forward`)."""
+
+    logits: torch.Tensor  # (B, C, H, W): the posterior that makes the mask, exactly as without details
+    # (S, B, C, H, W): each Markov chain's own posterior, for the uncertainty map; None when only one chain ran
+    # (its posterior is ``logits``) and for the baseline
+    sample_logits: Optional[torch.Tensor] = None
+    # (B, H, W) each: log p(f|c*) of each pixel's features under the mixture of the class c* that ``logits``
+    # give it, and c* (uint8); None for the baseline, which has no feature density
+    typicality: Optional[tuple] = None
+
+
 class DiscriminativeBaseline(nn.Module):
     """The ablation: DSSM's semantic module with a plain softmax (1x1 conv) head, no generative part."""
 
@@ -290,9 +318,13 @@ class DiscriminativeBaseline(nn.Module):
         self.head = nn.Conv2d(cfg.feature_channels, cfg.num_classes, 1)
 
     def forward(self, x: torch.Tensor, steps: int = 0, generator: Generators = None,
-                step_callback=None, samples: int = 1) -> torch.Tensor:
+                step_callback=None, samples: int = 1, details: bool = False, each_sample: bool = False,
+                mask_samples: Optional[int] = None):
+        """Softmax logits (B, C, H, W); with ``details``, as :class:`InferenceOutputs` (logits only: there is
+        no chain to sample and no feature density)."""
         features, _ = self.semantic(x)
-        return self.head(F.leaky_relu(features, 0.01))
+        logits = self.head(F.leaky_relu(features, 0.01))
+        return InferenceOutputs(logits) if details else logits
 
 
 class ResidualHead(nn.Module):
@@ -387,7 +419,8 @@ class DSSM(nn.Module):
 
     # -- inference -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
-                step_callback=None, samples: int = 1) -> torch.Tensor:
+                step_callback=None, samples: int = 1, details: bool = False, each_sample: bool = False,
+                mask_samples: Optional[int] = None):
         """Segment a batch of slices; returns log-posterior logits (B, C, H, W).
 
         ``steps = 0``: Bayesian head with the first prediction as its prior. ``steps = K > 0``: the stable
@@ -395,31 +428,70 @@ class DSSM(nn.Module):
         first prediction; the fused ``z0`` decodes to the prior. ``samples = S > 1`` runs S chains per slice from
         independent noise (``generator``: S x B generators, sample-major) and averages their fused ``z0``.
 
+        ``details=True`` returns :class:`InferenceOutputs` instead: the same logits and, for each pixel, the
+        likelihood of its features under its class's mixture (:meth:`BayesianHead.class_log_likelihood`). ``each_sample=True`` (with ``details``) adds, when S > 1, each chain's own
+        posterior (its own fused ``z0`` decoded and refined); ``mask_samples = M <= S`` then makes ``logits``
+        from the first M chains only, which are the chains of a run with ``samples = M`` (chain s has the same
+        noise whatever S is): a run that draws extra chains for the uncertainty map gives the mask of a run
+        without them (up to float rounding: the batch is larger).
+
         This is the same computation as :meth:`denoise` and :meth:`posterior` (which training uses), organised
         for inference: every slice of a batch is at the same timestep, so the timestep embedding is computed
         once and broadcast; the semantic half of the FFM's 1x1 fusion is computed once, not at every step; and
         the Bayesian head runs fused and chunked (:meth:`BayesianHead.refine`).
         """
         if torch.is_grad_enabled():  # differentiable: the plain composition of the public pieces
+            if details:
+                raise ValueError("details=True is for inference (torch.inference_mode or no_grad)")
             return self._forward_reference(x, steps, generator, step_callback, samples)
         features, quarter = self.semantic(x)
         first = self._first_logits(features)
-        if self.two_stage and steps <= 0:
-            return first  # K = 0: the first stage alone, exactly its discriminative baseline
+        if self.two_stage and steps <= 0:  # K = 0: the first stage alone, exactly its discriminative baseline
+            return InferenceOutputs(first, None, None) if details else first
         first_prob = torch.softmax(first, dim=1)
         z_first = self.autoencoder.encode(first_prob.to(x.dtype))
         base = self.ffm.precompute(quarter)
+        shape = (x.shape[0], *features.shape[-2:])
+        typicality = ((torch.empty(shape, dtype=torch.float32, device=x.device),
+                       torch.empty(shape, dtype=torch.uint8, device=x.device)) if details else None)
         if steps <= 0:
-            return self._refine(features, base, z_first, torch.log_softmax(first, dim=1))
+            logits = self._refine(features, base, z_first, torch.log_softmax(first, dim=1), typicality)
+            return InferenceOutputs(logits, None, typicality) if details else logits
         del first_prob
-        z_hat = self._markov_latent(self._denoise_precomputed, base, z_first, steps, generator, step_callback,
-                                    samples)
-        decoded = self.autoencoder.decode(z_hat.to(x.dtype)).float()
+        samples = max(1, int(samples))
+        z_all = self._markov_latents(self._denoise_precomputed, base, z_first, steps, generator, step_callback,
+                                     samples)
+        if self.two_stage:
+            typicality = None  # its Bayesian head is not calibrated for familiarity (yet)
+        if not details:
+            return self._decode_and_refine(features, base, z_all.mean(0), x.dtype, first=first)
+        mask_samples = samples if mask_samples is None else max(1, min(samples, int(mask_samples)))
+        if samples == 1 or not each_sample:
+            logits = self._decode_and_refine(features, base, z_all[:mask_samples].mean(0), x.dtype, typicality,
+                                             first)
+            return InferenceOutputs(logits, None, typicality)
+        # each chain's own posterior; chain 0's gives the typicality when it alone makes the mask
+        sample_logits = torch.stack([
+            self._decode_and_refine(features, base, z_all[s], x.dtype, typicality if s == 0 and mask_samples == 1
+                                    else None, first) for s in range(samples)])
+        if mask_samples == 1:
+            logits = sample_logits[0]
+        else:
+            logits = self._decode_and_refine(features, base, z_all[:mask_samples].mean(0), x.dtype, typicality,
+                                             first)
+        return InferenceOutputs(logits, sample_logits, typicality)
+
+    def _decode_and_refine(self, features: torch.Tensor, base: torch.Tensor, z_hat: torch.Tensor,
+                           dtype: torch.dtype, typicality: Optional[tuple] = None,
+                           first: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The posterior of one fused latent: decoded to the prior, then the Bayesian head; for a two-stage DSSM,
+        the first stage's logits ``first`` plus the correction of the residual head."""
+        decoded = self.autoencoder.decode(z_hat.to(dtype)).float()
         if self.two_stage:
             temb = self._timestep_embedding_once(torch.zeros(1, dtype=torch.long, device=z_hat.device))
             label = self.label_features(self.ffm.forward_precomputed(base, z_hat, temb).to(_compute_dtype(base, z_hat)))
             return first + self.correction(features, label, decoded)
-        return self._refine(features, base, z_hat, torch.log_softmax(decoded, dim=1))
+        return self._refine(features, base, z_hat, torch.log_softmax(decoded, dim=1), typicality)
 
     def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
                            step_callback=None, samples: int = 1) -> torch.Tensor:
@@ -446,15 +518,20 @@ class DSSM(nn.Module):
 
     def _markov_latent(self, denoise, cond: torch.Tensor, z_first: torch.Tensor, steps: int, generator: Generators,
                        step_callback, samples: int) -> torch.Tensor:
-        """The fused ``z0`` of the Markov chain(s): ``samples`` chains from independent noise run side by side as
-        one batch (sample-major, so ``generator`` holds one generator per sample and slice), and their fused
-        latents are averaged - a Monte Carlo estimate of the chain's expected latent."""
+        """The fused ``z0`` of the Markov chain(s): the mean of :meth:`_markov_latents` over the chains - a Monte
+        Carlo estimate of the chain's expected latent."""
+        return self._markov_latents(denoise, cond, z_first, steps, generator, step_callback, samples).mean(0)
+
+    def _markov_latents(self, denoise, cond: torch.Tensor, z_first: torch.Tensor, steps: int, generator: Generators,
+                        step_callback, samples: int) -> torch.Tensor:
+        """Each chain's fused ``z0``, (S, B, ...): ``samples`` chains from independent noise run side by side as
+        one batch (sample-major, so ``generator`` holds one generator per sample and slice)."""
         sampler = MarkovSampler(self.schedule, steps, self.cfg.markov_start)
         samples = max(1, int(samples))
         if samples > 1:
             cond, z_first = torch.cat([cond] * samples), torch.cat([z_first] * samples)
         z_all = sampler.run(lambda z, t: denoise(cond, z, t), z_first, generator, step_callback)
-        return z_all.view(samples, -1, *z_all.shape[1:]).mean(0)
+        return z_all.view(samples, -1, *z_all.shape[1:])
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
         """``first_head(leaky_relu(features))`` in float32, slice by slice on CPU so that the activated copy of
@@ -480,12 +557,12 @@ class DSSM(nn.Module):
         return self.denoiser(z_t, cond, temb)
 
     def _refine(self, features: torch.Tensor, base: torch.Tensor, z_hat: torch.Tensor,
-                log_prior: torch.Tensor) -> torch.Tensor:
+                log_prior: torch.Tensor, typicality: Optional[tuple] = None) -> torch.Tensor:
         temb = self._timestep_embedding_once(torch.zeros(1, dtype=torch.long, device=z_hat.device))
         cond = self.ffm.forward_precomputed(base, z_hat, temb).to(_compute_dtype(base, z_hat))
         label = self.label_features(cond)
         chunk = (1 << 16) if features.device.type == "cpu" else (1 << 21)  # CPU: in cache; GPU: bounded memory
-        return self.bayes.refine(features, label, log_prior, chunk_pixels=chunk)
+        return self.bayes.refine(features, label, log_prior, chunk_pixels=chunk, typicality=typicality)
 
     # -- training --------------------------------------------------------------------------------------
     def training_forward(self, x: torch.Tensor, onehot: torch.Tensor) -> TrainingOutputs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,14 +46,9 @@ def _draw_legend(panel: np.ndarray, label_infos: Sequence, caption: str = "") ->
     return np.asarray(Image.alpha_composite(picture, layer).convert("RGB"))
 
 
-def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_panels: int = 6,
-           alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture: the slices with the most foreground (in slice order), mask blended in colour, each
-    volume slice captioned with its number (1-based, along the axis it was segmented on), the label names and
-    colours in the first panel's corner. A 2D image's picture has the image's own size; a montage puts
-    :data:`GAP` pixels between panels only."""
-    from scipy import ndimage
-
+def _slices(image: sitk.Image, labels: sitk.Image, extra: Optional[np.ndarray] = None) -> tuple:
+    """The image (grey or RGB), the labels and ``extra`` (an array on the labels' grid) as stacks of slices along
+    the axis the volume was segmented on, and the slices' in-plane spacing."""
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     if image.GetNumberOfComponentsPerPixel() > 1:
         rgb_like = arr[..., :3]
@@ -61,49 +56,148 @@ def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_pan
     lab = sitk.GetArrayFromImage(labels)
     if image.GetDimension() == 2:
         arr, lab = arr[None], lab[None]
+        extra = None if extra is None else extra.reshape(lab.shape)
     spacing = spacing_zyx(image)
     axis = pp.slice_axis(spacing, lab.shape)
-    arr, lab = np.moveaxis(arr, axis, 0), np.moveaxis(lab, axis, 0)
-    counts = (lab > 0).reshape(lab.shape[0], -1).sum(1)
-    order = np.argsort(-counts, kind="stable")[:max_panels]
-    picks = sorted(order) if counts.max() > 0 else [lab.shape[0] // 2]
-    inplane = [s for i, s in enumerate(spacing) if i != axis]
-    colors = {info.value: np.array(info.color, dtype=np.float32) for info in label_infos}
-    panels = []
-    for k, s in enumerate(picks):
-        img = arr[s]
-        base = np.stack([_gray(img)] * 3, -1) if img.ndim == 2 else _gray(img)
-        out = base.astype(np.float32)
-        for value, color in colors.items():
-            mask = lab[s] == value
-            if mask.any():
-                out[mask] = (1 - alpha) * out[mask] + alpha * color
-                edge = mask & ~ndimage.binary_erosion(mask)
-                out[edge] = color
-        panel = out.astype(np.uint8)
-        # show the slice with its true aspect ratio
-        ratio = inplane[0] / inplane[1] if inplane[1] > 0 else 1.0
-        if abs(ratio - 1) > 0.01:
-            from PIL import Image
+    moved = [np.moveaxis(a, axis, 0) if a is not None else None for a in (arr, lab, extra)]
+    return (*moved, [s for i, s in enumerate(spacing) if i != axis])
 
+
+def _base(img: np.ndarray) -> np.ndarray:
+    """A slice as float RGB in 0-255."""
+    return (np.stack([_gray(img)] * 3, -1) if img.ndim == 2 else _gray(img)).astype(np.float32)
+
+
+def _outline(out: np.ndarray, lab: np.ndarray, colors: dict, alpha: float) -> None:
+    """Blend each label into ``out`` with ``alpha`` (0: outline only) and draw its outline in its colour."""
+    from scipy import ndimage
+
+    for value, color in colors.items():
+        mask = lab == value
+        if mask.any():
+            if alpha:
+                out[mask] = (1 - alpha) * out[mask] + alpha * color
+            out[mask & ~ndimage.binary_erosion(mask)] = color
+
+
+def _montage(panels: list, inplane, n_slices: int, picks: list, legend) -> np.ndarray:
+    """Panels side by side with :data:`GAP` pixels between them, each at its true aspect ratio and captioned
+    with its slice number; ``legend(panel, first)`` draws the legend into a panel."""
+    from PIL import Image
+
+    out = []
+    ratio = inplane[0] / inplane[1] if inplane[1] > 0 else 1.0
+    for k, (s, panel) in enumerate(zip(picks, panels)):
+        panel = panel.astype(np.uint8)
+        if abs(ratio - 1) > 0.01:  # show the slice with its true aspect ratio
             h, w = panel.shape[:2]
             panel = np.asarray(Image.fromarray(panel).resize((w, max(1, round(h * ratio)))))
-        caption = f"slice {s + 1}/{lab.shape[0]}" if lab.shape[0] > 1 else ""
-        panels.append(_draw_legend(panel, label_infos if k == 0 else [], caption))
-    h = max(p.shape[0] for p in panels)
+        out.append(legend(panel, k == 0, f"slice {s + 1}/{n_slices}" if n_slices > 1 else ""))
+    h = max(p.shape[0] for p in out)
     gap = np.zeros((h, GAP, 3), dtype=np.uint8)
     row = []
-    for i, p in enumerate(panels):
+    for i, p in enumerate(out):
         row += ([gap] if i else []) + [np.pad(p, ((0, h - p.shape[0]), (0, 0), (0, 0)))]
     return np.concatenate(row, axis=1)
 
 
+def _pick(counts: np.ndarray, max_panels: int) -> list:
+    """The slices with the largest ``counts``, in slice order; the middle slice when all are zero."""
+    order = np.argsort(-counts, kind="stable")[:max_panels]
+    return sorted(order) if counts.max() > 0 else [len(counts) // 2]
+
+
+def render(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, max_panels: int = 6,
+           alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 picture: the slices with the most foreground (in slice order), mask blended in colour, each
+    volume slice captioned with its number (1-based, along the axis it was segmented on), the label names and
+    colours in the first panel's corner. A 2D image's picture has the image's own size; a montage puts
+    :data:`GAP` pixels between panels only."""
+    arr, lab, _, inplane = _slices(image, labels)
+    picks = _pick((lab > 0).reshape(lab.shape[0], -1).sum(1), max_panels)
+    colors = {info.value: np.array(info.color, dtype=np.float32) for info in label_infos}
+    panels = []
+    for s in picks:
+        out = _base(arr[s])
+        _outline(out, lab[s], colors, alpha)
+        panels.append(out)
+    return _montage(panels, inplane, lab.shape[0], picks,
+                    lambda panel, first, caption: _draw_legend(panel, label_infos if first else [], caption))
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Uncertainty 0..1 -> RGB 0..255 (matplotlib's 'inferno': dark purple through red to yellow)."""
+    from matplotlib import colormaps
+
+    return colormaps["inferno"](np.clip(values, 0, 1))[..., :3].astype(np.float32) * 255
+
+
+def render_uncertainty(image: sitk.Image, uncertainty: sitk.Image, labels: sitk.Image, label_infos: Sequence,
+                       level: float, max_panels: int = 6) -> np.ndarray:
+    """RGB uint8 picture of the uncertainty map: the slices with the most voxels above ``level`` (in slice
+    order), the map in colour over the grey image wherever it exceeds a tenth of ``level`` (its opacity grows
+    with it), the mask's outlines in the labels' colours, a colour bar and the label names in the first panel."""
+    u = sitk.GetArrayFromImage(uncertainty).astype(np.float32)
+    arr, lab, u, inplane = _slices(image, labels, u)
+    picks = _pick((u > level).reshape(u.shape[0], -1).sum(1), max_panels)
+    colors = {info.value: np.array(info.color, dtype=np.float32) for info in label_infos}
+    panels = []
+    for s in picks:
+        out = _base(arr[s])
+        shown = u[s] > 0.1 * level
+        opacity = np.clip(u[s] / max(level, 1e-6), 0, 1)[..., None] * 0.85
+        out[shown] = ((1 - opacity) * out + opacity * heat_colors(u[s]))[shown]
+        _outline(out, lab[s], colors, 0.0)
+        panels.append(out)
+
+    def legend(panel: np.ndarray, first: bool, caption: str) -> np.ndarray:
+        panel = _draw_legend(panel, label_infos if first else [], caption)
+        return _draw_colorbar(panel, level) if first else panel
+
+    return _montage(panels, inplane, lab.shape[0], picks, legend)
+
+
+def _draw_colorbar(panel: np.ndarray, level: float) -> np.ndarray:
+    """A bar of the uncertainty colours, 0 to 1, with the threshold marked, in the panel's top-right corner."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = panel.shape[:2]
+    size = int(np.clip(min(h, w) / 22, 9, 28))
+    font = ImageFont.load_default(size=size)
+    bar_w, bar_h, pad = max(6, size // 2), max(40, h // 3), max(2, size // 4)
+    picture = Image.fromarray(panel).convert("RGBA")
+    draw = ImageDraw.Draw(picture)
+    label = "uncertainty"
+    text_w = draw.textlength(label, font=font)
+    x0 = w - pad - max(bar_w + pad + draw.textlength("1", font=font), text_w)
+    draw.rectangle([x0 - pad, 0, w, bar_h + size * 2 + pad * 4], fill=(0, 0, 0, 150))
+    draw.text((x0, pad), label, fill=(255, 255, 255, 255), font=font)
+    top = pad * 2 + size
+    ramp = heat_colors(np.linspace(1, 0, bar_h))[:, None, :].repeat(bar_w, 1).astype(np.uint8)
+    picture.paste(Image.fromarray(ramp).convert("RGBA"), (int(x0), top))
+    mark = top + int(round((1 - level) * (bar_h - 1)))
+    draw.line([x0 - pad // 2, mark, x0 + bar_w + pad // 2, mark], fill=(255, 255, 255, 255), width=max(1, size // 8))
+    draw.text((x0 + bar_w + pad, top - size // 2), "1", fill=(255, 255, 255, 255), font=font)
+    draw.text((x0 + bar_w + pad, top + bar_h - size // 2), "0", fill=(255, 255, 255, 255), font=font)
+    return np.asarray(picture.convert("RGB"))
+
+
 def write_overlay(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, path: Path) -> Path:
     """Write :func:`render`'s picture as a PNG, atomically (never a partial file at ``path``)."""
+    return _write_png(render(image, labels, label_infos), path)
+
+
+def write_uncertainty_overlay(image: sitk.Image, uncertainty: sitk.Image, labels: sitk.Image,
+                              label_infos: Sequence, level: float, path: Path) -> Path:
+    """Write :func:`render_uncertainty`'s picture as a PNG, atomically."""
+    return _write_png(render_uncertainty(image, uncertainty, labels, label_infos, level), path)
+
+
+def _write_png(picture: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     from .imageio import atomic_output
 
     with atomic_output(Path(path), ".png") as tmp:
-        Image.fromarray(render(image, labels, label_infos)).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
     return Path(path)

@@ -11,6 +11,11 @@ to a temporary NRRD file, builds the worker's command, and turns the label file 
   match its checksum was edited by the user: it is only overwritten when the caller says so
   (:attr:`SegmentationRequest.overwriteEdited`), after asking the user.
 
+With the uncertainty map asked for (:attr:`SegmentationRequest.uncertaintyMap`), the worker also writes the map,
+and the logic adds it as a scalar volume on the input's grid, shown in colour over the input in the slice views;
+the run's :class:`Findings` (the familiarity warnings, which the worker always gives, and the slices with the
+most uncertain voxels, which :meth:`DSSMSegmentLogic.jumpToSlice` shows) are kept on the job.
+
 Nothing here imports Qt or needs the Slicer application: it runs on the MRML scene of the PyPI package
 ``slicer-core`` as well, which is how it is tested. Nothing touches the scene before a run has succeeded,
 so an error or a cancel leaves it as it was.
@@ -43,6 +48,10 @@ MAX_STEPS = 50  # the panel's upper limit for K
 MAX_SAMPLES = 16  # the panel's upper limit for Markov samples
 SOURCE_TAG = "DSSMSegment.Source"  # "<model name>:<label value>" on each segment DSSM made
 CHECKSUM_TAG = "DSSMSegment.Checksum"  # checksum of that segment's voxels as DSSM wrote them
+UNCERTAINTY_ATTRIBUTE = "DSSMSegment.UncertaintyOf"  # "<input volume ID>:<model name>" on an uncertainty map
+# colour tables for the uncertainty map, the first the scene has: Slicer's Inferno, else its procedural Iron
+UNCERTAINTY_COLORS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeIron")
+UNCERTAINTY_OPACITY = 0.6  # of the map over the input in the slice views
 
 
 class Device(enum.Enum):
@@ -73,6 +82,27 @@ def modelDescription(bundle: "ModelBundle") -> str:
     return "<br>".join(lines)
 
 
+WARNING_STYLE = "color:#ffffff; background-color:#c0392b; font-weight:bold"  # white on red: cannot be missed
+
+
+def resultHtml(done: str, findings: Findings) -> str:
+    """The status area after a run: ``done`` (plain text), each warning on its own line, white on red, and the
+    slices with the most uncertain voxels as links ``slice:N`` (N: the slice's position in the list)."""
+    from html import escape
+
+    lines = [escape(done)]
+    lines += [f'<span style="{WARNING_STYLE}">&#9888; Warning: {escape(w)}</span>' for w in findings.warnings]
+    if findings.uncertainSlices:
+        volumes = ", ".join(f"{escape(name)} {value:.{0 if findings.unit == 'mm2' else 2}f} {findings.unit}"
+                            for name, value in findings.uncertainVolumes.items())
+        links = ", ".join(f'<a href="slice:{i}">{s.index + 1}</a> ({s.voxels})'
+                          for i, s in enumerate(findings.uncertainSlices))
+        lines.append(f"Uncertain: {volumes}. Most uncertain slices (uncertain voxels), click to view: {links}")
+    elif findings.threshold is not None:
+        lines.append("Uncertainty map: no voxel above the uncertainty threshold.")
+    return "<br>".join(lines)
+
+
 def terminologyEntry(label: "LabelInfo") -> str:
     """The label's terminology as the entry string that Slicer's segment tags and Terminologies module read."""
     category = label.terminology.get("category") or ["", "", ""]
@@ -91,6 +121,19 @@ def ijkToRasMatrix(volumeNode) -> "vtk.vtkMatrix4x4":
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
     return matrix
+
+
+def worldPosition(volumeNode, ijk) -> tuple:
+    """The world (RAS) position of a voxel index (may be fractional), through the volume's parent transforms."""
+    import vtk
+
+    ras = ijkToRasMatrix(volumeNode).MultiplyPoint([*map(float, ijk), 1.0])[:3]
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None:
+        toWorld = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(toWorld)
+        ras = toWorld.TransformPoint(ras)
+    return tuple(float(v) for v in ras)
 
 
 def _voxelArray(imageData) -> np.ndarray:
@@ -183,17 +226,43 @@ class SegmentationRequest:
     overwriteEdited: bool = False
     testTimeAugmentation: bool = False  # average over the model's test-time passes (flips and zooms)
     samples: int = 1  # Markov chains per slice, their latents averaged
+    uncertaintyMap: bool = False  # also make the uncertainty map volume
+
+
+@dataclass(frozen=True)
+class UncertainSlice:
+    """A slice with many uncertain voxels: its index along the axis the volume was segmented along (0-based)."""
+
+    index: int
+    voxels: int  # voxels above the uncertainty threshold
+    position: tuple  # world (RAS) position of the slice's centre, where the slice views jump to
+
+
+@dataclass
+class Findings:
+    """What a run says beside the segments (the worker's findings file, read by :meth:`importResult`)."""
+
+    warnings: List[str] = field(default_factory=list)  # each one line: an unfamiliar image, empty structures
+    familiarity: Optional[float] = None
+    familiar: Optional[bool] = None  # None: the model has no familiarity calibration
+    uncertainSlices: List[UncertainSlice] = field(default_factory=list)  # most uncertain first
+    uncertainVolumes: Dict[str, float] = field(default_factory=dict)  # structure -> mL (mm2 for one slice)
+    unit: str = "mL"
+    threshold: Optional[float] = None  # of an uncertain voxel
 
 
 @dataclass
 class SegmentationJob:
-    """One run's temporary files and the command that produces the result."""
+    """One run's temporary files and the command that produces the result; after :meth:`importResult`, its
+    findings and the uncertainty map volume (None unless asked)."""
 
     request: SegmentationRequest
     bundle: "ModelBundle"
     workDirectory: Path
     command: List[str]
     environment: Dict[str, str] = field(repr=False)
+    findings: Findings = field(default_factory=Findings)
+    uncertaintyVolume: object = None
 
     @property
     def inputPath(self) -> Path:
@@ -202,6 +271,14 @@ class SegmentationJob:
     @property
     def outputPath(self) -> Path:
         return self.workDirectory / "labels.nrrd"
+
+    @property
+    def uncertaintyPath(self) -> Path:
+        return self.workDirectory / "uncertainty.nrrd"
+
+    @property
+    def findingsPath(self) -> Path:
+        return self.workDirectory / "findings.json"
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workDirectory, ignore_errors=True)
@@ -227,6 +304,8 @@ class SegmentationLogicProtocol(Protocol):
     def createProcess(self, job: SegmentationJob) -> WorkerProcess: ...
 
     def importResult(self, job: SegmentationJob): ...
+
+    def jumpToSlice(self, uncertainSlice: UncertainSlice, scene=None) -> None: ...
 
 
 class DSSMSegmentLogic:
@@ -280,7 +359,9 @@ class DSSMSegmentLogic:
         workDirectory = Path(tempfile.mkdtemp(prefix="DSSMSegment-"))
         job = SegmentationJob(request, bundle, workDirectory, [], workerEnvironment(str(MODULE_DIRECTORY)))
         job.command = workerCommand(self.python, str(bundle.path), str(job.inputPath), str(job.outputPath),
-                                    request.steps, request.device, request.testTimeAugmentation, request.samples)
+                                    request.steps, request.device, request.testTimeAugmentation, request.samples,
+                                    str(job.uncertaintyPath) if request.uncertaintyMap else None,
+                                    str(job.findingsPath), volume.GetName())
         # A storage node outside the scene: the volume keeps its own storage node and file name.
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(job.inputPath))
@@ -294,7 +375,9 @@ class DSSMSegmentLogic:
         return WorkerProcess(job.command, job.environment)
 
     def importResult(self, job: SegmentationJob):
-        """Turn the worker's label file into segments; returns the segmentation node that holds them."""
+        """Turn the worker's label file into segments; returns the segmentation node that holds them. With the
+        uncertainty map asked for, it becomes a volume shown over the input (``job.uncertaintyVolume``); the
+        findings are read into ``job.findings``. Every file is read and checked before the scene changes."""
         from DSSMSegmentLib.errors import DSSMError
 
         request, volume = job.request, job.request.inputVolume
@@ -302,6 +385,13 @@ class DSSMSegmentLogic:
         expected = volume.GetImageData().GetDimensions()[::-1]
         if labels.shape != expected:
             raise DSSMError(f"the engine returned labels of shape {labels.shape} for a volume of {expected}")
+        uncertainty = None
+        if request.uncertaintyMap:
+            uncertainty = self._readVolume(job.uncertaintyPath, "the uncertainty map")
+            if uncertainty.shape != expected:
+                raise DSSMError(f"the engine returned an uncertainty map of shape {uncertainty.shape} for a volume "
+                                f"of {expected}")
+        job.findings = self._readFindings(job.findingsPath, volume)
         node = request.outputSegmentation
         created = node is None
         if created:
@@ -317,6 +407,81 @@ class DSSMSegmentLogic:
             if created:  # leave no half-made node behind
                 node.GetScene().RemoveNode(node)
             raise
+        if uncertainty is not None:
+            job.uncertaintyVolume = self._showUncertainty(volume, job.bundle.name, uncertainty,
+                                                          job.findings.threshold)
+        return node
+
+    def jumpToSlice(self, uncertainSlice: UncertainSlice, scene=None) -> None:
+        """Centre every slice view of the scene on the slice (each view keeps its orientation)."""
+        import slicer
+
+        scene = scene or slicer.mrmlScene
+        slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *uncertainSlice.position, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+
+    def _readFindings(self, path: Path, volume) -> Findings:
+        """The worker's findings file as :class:`Findings`, the uncertain slices placed in the world."""
+        import json
+
+        from DSSMSegmentLib.errors import DSSMError
+
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DSSMError(f"the engine's findings {path} are missing or unreadable ({exc})") from None
+        findings = Findings(warnings=[str(w) for w in data.get("warnings", [])], familiarity=data.get("familiarity"),
+                            familiar=data.get("familiar"))
+        uncertainty = data.get("uncertainty")
+        if uncertainty:
+            ijkAxis = 2 - int(uncertainty["slice_axis"])  # the engine's array axes are (K, J, I)
+            centre = [(n - 1) / 2.0 for n in volume.GetImageData().GetDimensions()]
+            for index, count in uncertainty["slices"]:
+                ijk = list(centre)
+                ijk[ijkAxis] = index
+                findings.uncertainSlices.append(UncertainSlice(int(index), int(count), worldPosition(volume, ijk)))
+            findings.uncertainVolumes = {str(k): float(v) for k, v in uncertainty["volumes"].items()}
+            findings.unit = str(uncertainty.get("unit", "mL"))
+            findings.threshold = float(uncertainty["threshold"])
+        return findings
+
+    @staticmethod
+    def _showUncertainty(volume, modelName: str, values: np.ndarray, threshold: Optional[float]):
+        """The uncertainty map as a scalar volume on the input's grid (the one this model made for this input
+        before is updated), shown in colour over the input in every slice view: voxels below a tenth of the
+        threshold are transparent, the colours saturate at twice the threshold."""
+        import slicer
+        import vtk
+        from vtk.util.numpy_support import vtk_to_numpy
+
+        scene = volume.GetScene()
+        key = f"{volume.GetID()}:{modelName}"
+        node = next((n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+                     if n.GetAttribute(UNCERTAINTY_ATTRIBUTE) == key), None)
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{volume.GetName()} {modelName} uncertainty")
+            node.SetAttribute(UNCERTAINTY_ATTRIBUTE, key)
+        image = vtk.vtkImageData()
+        image.SetDimensions(values.shape[2], values.shape[1], values.shape[0])
+        image.AllocateScalars(vtk.VTK_FLOAT, 1)
+        vtk_to_numpy(image.GetPointData().GetScalars())[:] = values.ravel()
+        node.SetAndObserveImageData(image)
+        node.SetIJKToRASMatrix(ijkToRasMatrix(volume))
+        node.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        level = threshold or 0.25
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 2 * level)
+        display.SetApplyThreshold(True)
+        display.SetLowerThreshold(0.1 * level)
+        display.SetUpperThreshold(1.0)
+        colors = next((c for c in UNCERTAINTY_COLORS if scene.GetNodeByID(c) is not None), UNCERTAINTY_COLORS[-1])
+        display.SetAndObserveColorNodeID(colors)
+        for composite in scene.GetNodesByClass("vtkMRMLSliceCompositeNode"):
+            composite.SetBackgroundVolumeID(volume.GetID())
+            composite.SetForegroundVolumeID(node.GetID())
+            composite.SetForegroundOpacity(UNCERTAINTY_OPACITY)
         return node
 
     def _writeSegments(self, node, bundle: "ModelBundle", labels: np.ndarray, ijkToRas, overwriteEdited: bool):
@@ -364,15 +529,20 @@ class DSSMSegmentLogic:
     # --- helpers -----------------------------------------------------------------------------------------
     @staticmethod
     def _readLabels(path: Path) -> np.ndarray:
+        return DSSMSegmentLogic._readVolume(path, "the engine's result", "vtkMRMLLabelMapVolumeNode")
+
+    @staticmethod
+    def _readVolume(path: Path, what: str, nodeClass: str = "vtkMRMLScalarVolumeNode") -> np.ndarray:
+        """A volume file's voxels (K, J, I), read outside the scene."""
         import slicer
         from DSSMSegmentLib.errors import DSSMError
 
-        labelNode = slicer.vtkMRMLLabelMapVolumeNode()
+        node = getattr(slicer, nodeClass)()
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))
-        if not path.is_file() or not storage.ReadData(labelNode):
-            raise DSSMError(f"the engine's result {path} is missing or unreadable")
-        return np.array(_voxelArray(labelNode.GetImageData()))
+        if not path.is_file() or not storage.ReadData(node):
+            raise DSSMError(f"{what} {path} is missing or unreadable")
+        return np.array(_voxelArray(node.GetImageData()))
 
     @staticmethod
     def _addSegment(node, modelName: str, label: "LabelInfo") -> str:

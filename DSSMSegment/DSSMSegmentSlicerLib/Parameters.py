@@ -23,6 +23,7 @@ class DSSMSegmentParameters:
     steps - Markov steps K; set to the model's default when the model changes.
     samples - Markov chains per slice, averaged (1: fastest).
     testTimeAugmentation - also segment the image flipped and zoomed as in training, and average (slower).
+    uncertaintyMap - also make the uncertainty map, shown in colour over the input (several Markov chains: slower).
     device - auto, CPU or GPU.
     outputSegmentation - the segmentation to update; None creates a new one on the next run.
     show3D - show the result as surfaces in the 3D view.
@@ -33,6 +34,7 @@ class DSSMSegmentParameters:
     steps: Annotated[int, WithinRange(0, MAX_STEPS)] = 4
     samples: Annotated[int, WithinRange(1, MAX_SAMPLES)] = 1
     testTimeAugmentation: bool = False
+    uncertaintyMap: bool = False
     device: Device = Device.AUTO
     outputSegmentation: vtkMRMLSegmentationNode
     show3D: bool = True

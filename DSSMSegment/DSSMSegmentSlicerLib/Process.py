@@ -200,7 +200,9 @@ def workerEnvironment(moduleDirectory: str) -> Dict[str, str]:
 
 
 def workerCommand(python: str, model: str, inputPath: str, outputPath: str, steps: Optional[int],
-                  device: str, testTimeAugmentation: bool = False, samples: int = 1) -> List[str]:
+                  device: str, testTimeAugmentation: bool = False, samples: int = 1,
+                  uncertaintyPath: Optional[str] = None, findingsPath: Optional[str] = None,
+                  name: Optional[str] = None) -> List[str]:
     """The command line that runs :mod:`.Worker` with ``python``."""
     command = [python, "-m", "DSSMSegmentSlicerLib.Worker", "--model", model, "--input", inputPath,
                "--output", outputPath, "--device", device]
@@ -210,6 +212,12 @@ def workerCommand(python: str, model: str, inputPath: str, outputPath: str, step
         command.append("--tta")
     if samples != 1:
         command += ["--samples", str(int(samples))]
+    if uncertaintyPath:
+        command += ["--uncertainty", uncertaintyPath]
+    if findingsPath:
+        command += ["--findings", findingsPath]
+    if name:
+        command += ["--name", name]
     return command
 
 

@@ -21,8 +21,8 @@ import vtk
 from slicer.util import VTKObservationMixin
 
 from .InstallLogic import InstallError, InstallLogic, InstallLogicProtocol
-from .Logic import (DSSMSegmentLogic, Device, GpuStatus, SegmentationJob, SegmentationLogicProtocol,
-                    SegmentationRequest, modelDescription)
+from .Logic import (DSSMSegmentLogic, Device, Findings, GpuStatus, SegmentationJob, SegmentationLogicProtocol,
+                    SegmentationRequest, modelDescription, resultHtml)
 from .Parameters import DSSMSegmentParameters, getParameterNode
 from .Process import EventKind, ProcessProtocol
 
@@ -60,6 +60,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self._gpu: Optional[GpuStatus] = None
         self._missing: List[str] = []
         self._run: Optional[_Run] = None
+        self._findings: Optional[Findings] = None  # of the last run, for the slice links in the status area
 
         layout = qt.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -76,6 +77,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self.ui.editButton.connect("clicked()", self.onEditButton)
         self.ui.show3DButton.connect("toggled(bool)", self._applyShow3D)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.statusLabel.connect("linkActivated(QString)", self.onStatusLink)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
@@ -256,7 +258,8 @@ class Widget(qt.QWidget, VTKObservationMixin):
                 return
         request = SegmentationRequest(parameters.inputVolume, parameters.model, parameters.steps,
                                       parameters.device.value, parameters.outputSegmentation, overwrite,
-                                      parameters.testTimeAugmentation, parameters.samples)
+                                      parameters.testTimeAugmentation, parameters.samples,
+                                      parameters.uncertaintyMap)
         try:
             job = self.logic.prepare(request)
         except DSSMError as error:
@@ -270,6 +273,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
             self._showError(f"could not start the segmentation process ({error})")
             return
         self._run = _Run(job, process, time.monotonic())
+        self._findings = None
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "Starting..."
         self._timer.start()
@@ -311,10 +315,21 @@ class Widget(qt.QWidget, VTKObservationMixin):
         parameters = self._parameterNode
         parameters.outputSegmentation = segmentation
         self._applyShow3D(parameters.show3D)
-        slicer.util.setSliceViewerLayers(background=parameters.inputVolume, fit=False)
+        if run.job.uncertaintyVolume is None:  # the map, when there is one, is the foreground (set by the logic)
+            slicer.util.setSliceViewerLayers(background=parameters.inputVolume, fit=False)
         self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = (f"Done in {run.elapsed}: {len(run.job.bundle.labels)} structures in "
-                                    f"'{segmentation.GetName()}'. Correct them with Edit in Segment Editor.")
+        self._findings = run.job.findings
+        self.ui.statusLabel.text = resultHtml(
+            f"Done in {run.elapsed}: {len(run.job.bundle.labels)} structures in '{segmentation.GetName()}'. "
+            "Correct them with Edit in Segment Editor.", self._findings)
+        for warning in self._findings.warnings:
+            logging.warning(f"DSSM: {warning}")
+
+    def onStatusLink(self, link: str) -> None:
+        """A click on a slice in the status area: centre the slice views on it."""
+        kind, _, index = str(link).partition(":")
+        if kind == "slice" and self._findings and index.isdigit() and int(index) < len(self._findings.uncertainSlices):
+            self.logic.jumpToSlice(self._findings.uncertainSlices[int(index)])
 
     def _cancelRun(self) -> None:
         run = self._run

@@ -1,8 +1,13 @@
 """The child-process side of a Slicer run: segment one image file with the engine, reporting as it goes.
 
 Run as ``python -m DSSMSegmentSlicerLib.Worker --model NAME --input IN.nrrd --output OUT.nrrd
-[--steps K] [--samples S] [--device auto|cpu|cuda] [--tta]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor
-Slicer, so Slicer's ``PythonSlicer`` or any Python with the engine's requirements can run it.
+[--steps K] [--samples S] [--device auto|cpu|cuda] [--tta] [--uncertainty U.nrrd] [--findings F.json]
+[--name NAME]`` with the module folder on ``PYTHONPATH``. It imports neither Qt nor Slicer, so Slicer's
+``PythonSlicer`` or any Python with the engine's requirements can run it.
+
+Beside the labels it can write the uncertainty map (float NRRD on the same grid) and a findings file (JSON):
+the familiarity score and warnings (:func:`DSSMSegmentLib.familiarity.assess`, naming the volume by ``--name``),
+and with the map, the uncertain volume of each structure and the slices with the most uncertain voxels.
 
 Every line it prints on stdout is one JSON event, which :mod:`.Process` parses:
 
@@ -44,6 +49,9 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and zooms")
     parser.add_argument("--samples", type=int, default=1, help="Markov chains per slice, averaged")
+    parser.add_argument("--uncertainty", default=None, help="also write the uncertainty map to this file (.nrrd)")
+    parser.add_argument("--findings", default=None, help="write the warnings and uncertainty summary to this JSON file")
+    parser.add_argument("--name", default=None, help="the image's name in warnings (default: the input file's)")
     return parser
 
 
@@ -58,11 +66,38 @@ def segmentFile(args: argparse.Namespace) -> None:
     segmenter = Segmenter(resolve_model(args.model), device=args.device, tta=args.tta, samples=args.samples)
     emit("progress", stage="reading image", fraction=0.0)
     image = read_image(Path(args.input))
-    labels = segmenter.segment(image, steps=args.steps, name=Path(args.input).name,
-                               progress=lambda stage, fraction: emit("progress", stage=stage, fraction=fraction))
+    name = args.name or Path(args.input).name
+    result = segmenter.run(image, steps=args.steps, name=name, uncertainty=bool(args.uncertainty),
+                           progress=lambda stage, fraction: emit("progress", stage=stage, fraction=fraction))
     emit("progress", stage="writing result", fraction=1.0)
-    write_image_atomically(labels, Path(args.output))
+    if args.uncertainty:
+        write_image_atomically(result.uncertainty, Path(args.uncertainty))
+    if args.findings:
+        writeFindings(segmenter, image, result, name, Path(args.findings))
+    write_image_atomically(result.labels, Path(args.output))  # last: the labels' presence means all is written
     emit("done", device=str(segmenter.device), seconds=round(time.perf_counter() - start, 3))
+
+
+def writeFindings(segmenter, image, result, name: str, path: Path) -> None:
+    """The familiarity judgement and warnings, and with the uncertainty map its summary, as JSON."""
+    from DSSMSegmentLib import uncertainty as unc
+    from DSSMSegmentLib.familiarity import assess
+    from DSSMSegmentLib.imageio import atomic_output, spacing_zyx
+
+    findings = assess(segmenter.bundle, result, name).record()
+    if result.uncertainty is not None:
+        level = unc.threshold(segmenter.bundle.architecture.num_classes)
+        values = result.uncertainty_maps[unc.MEASURE]
+        flat = values.shape[0] == 1  # one slice: a 2D image, its uncertain areas in mm2
+        findings["uncertainty"] = {
+            "measure": unc.MEASURE, "threshold": level, "chains": result.uncertainty_chains,
+            "slice_axis": result.axis,  # array axis of (K, J, I)
+            "slices": unc.most_uncertain_slices(values, result.axis, level),
+            "unit": "mm2" if flat else "mL",
+            "volumes": unc.uncertain_volumes(values, result.likely_structure, spacing_zyx(image),
+                                             segmenter.bundle.labels, level, is_2d=flat)}
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(findings, indent=2))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
