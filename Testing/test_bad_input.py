@@ -174,19 +174,19 @@ def _corrupt(kind: str, folder: Path) -> None:
         data[len(data) // 2] ^= 0x01
         weights.write_bytes(bytes(data))
     elif kind == "model-json-truncated":
-        text = meta_path.read_text()
+        text = meta_path.read_text(encoding="utf-8")
         meta_path.write_text(text[: len(text) // 2])
     elif kind == "model-json-not-an-object":
         meta_path.write_text("[]\n")
     elif kind == "not-safetensors-matching-sha":  # e.g. a pickled checkpoint renamed, with its hash recorded
         weights.write_bytes(b"\x80\x04\x95" + b"not a safetensors file" * 200)
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         meta_path.write_text(json.dumps(meta))
     elif kind == "weights-missing":
         weights.unlink()
     elif kind == "sha256-missing":  # a hand-edited bundle: nothing left to check the weights against
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         del meta["sha256"]
         meta_path.write_text(json.dumps(meta))
     else:

@@ -35,7 +35,7 @@ def quick_report(tmp_path_factory):
     proc = run_dssm(["benchmark", "--quick", "--devices", "cpu", "-o", out], cwd=folder, timeout=600)
     assert proc.returncode == 0, describe(proc)
     assert out.is_file(), describe(proc)
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
 
 
 def _positive(x) -> bool:

@@ -30,7 +30,7 @@ def _fp16_report(weights) -> dict:
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_model_is_fp16_safetensors_with_matching_sha256(name) -> None:
     folder = MODELS / name
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     assert meta["sha256"] == digest
     kinds = _fp16_report(folder / WEIGHTS_FILE)
@@ -57,7 +57,7 @@ def test_save_bundle_round_trip_is_exact(tmp_path, heart_bundle, heart_segmenter
     folder = tmp_path / "copy"
     copy = save_bundle(heart_segmenter.network, folder, heart_bundle.meta)
     assert isinstance(copy, ModelBundle) and copy.name == "heart-cine-mri"
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     assert meta["sha256"] == hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     assert meta["labels"] == heart_bundle.meta["labels"]
     original, saved = load_file(str(MODELS / "heart-cine-mri" / WEIGHTS_FILE)), load_file(str(folder / WEIGHTS_FILE))
@@ -102,7 +102,7 @@ def test_fresh_network_round_trip_equals_fp16_rounded_original(kind, tmp_path) -
         a = reference(x, steps=2, generator=torch.Generator().manual_seed(3))
         b = loaded(x, steps=2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-    assert json.loads((tmp_path / "tiny" / META_FILE).read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "tiny" / META_FILE).read_text(encoding="utf-8"))["format_version"] == 1
 
 
 def test_sha256_is_checked_on_load(tmp_path) -> None:
@@ -120,7 +120,7 @@ def test_mismatched_architecture_is_a_clear_error(tmp_path) -> None:
     """Valid weights with a model.json describing another network (sha256 fine) must not load silently."""
     folder = tmp_path / "lungs"
     shutil.copytree(MODELS / "lungs-cxr", folder)
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     meta["architecture"]["widths"] = [8, 16, 32, 64]
     (folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(DSSMError, match="do not fit the architecture"):

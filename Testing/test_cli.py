@@ -92,7 +92,7 @@ def test_overlay_png_shows_the_mask_in_label_colours(acdc_folder, folder_run, he
 
 def test_timings_json_has_per_case_stages(folder_run) -> None:
     out, timings, _ = folder_run
-    report = json.loads(timings.read_text())
+    report = json.loads(timings.read_text(encoding="utf-8"))
     assert report["model"] == "heart-cine-mri" and report["device"] == "cpu"
     assert report["model_load_seconds"] > 0
     assert report["tta"] is False and report["samples"] == 1  # the settings the masks were made with
@@ -124,7 +124,7 @@ def test_dssm_models_lists_the_bundled_models_with_labels(tmp_path) -> None:
     assert proc.returncode == 0, describe(proc)
     text = proc.stdout
     for name in BUNDLED:
-        meta = json.loads((MODELS / name / "model.json").read_text())
+        meta = json.loads((MODELS / name / "model.json").read_text(encoding="utf-8"))
         header = [ln for ln in text.splitlines() if ln.startswith(name + "  [")]
         assert len(header) == 1, f"{name} not listed once:\n{text}"
         assert meta["preprocessing"]["modality"] in header[0]
@@ -133,7 +133,7 @@ def test_dssm_models_lists_the_bundled_models_with_labels(tmp_path) -> None:
         assert labels_line.strip() == f"labels: {expected}", labels_line
     assert "1 right ventricle cavity, 2 left ventricle myocardium, 3 left ventricle cavity" in text
     # the recorded validation Dice with 4 Markov samples and with test-time flips are listed under the plain one
-    heart = json.loads((MODELS / "heart-cine-mri" / "model.json").read_text())
+    heart = json.loads((MODELS / "heart-cine-mri" / "model.json").read_text(encoding="utf-8"))
     lines = text.splitlines()
     first = lines.index(next(ln for ln in lines if ln.startswith("heart-cine-mri  [")))
     for offset, (option, key) in enumerate([("--samples 4", "val@K=4+samples=4"), ("--tta", "val@K=4+tta")], 3):
@@ -148,7 +148,7 @@ def test_dssm_models_json(capfd) -> None:
     listed = {m["name"]: m for m in json.loads(capfd.readouterr().out)}
     assert set(BUNDLED) <= set(listed)
     for name in BUNDLED:
-        meta = json.loads((MODELS / name / "model.json").read_text())
+        meta = json.loads((MODELS / name / "model.json").read_text(encoding="utf-8"))
         labels = {int(k): v for k, v in listed[name]["labels"].items()}  # JSON keys are strings
         assert labels == {lab["value"]: lab["name"] for lab in meta["labels"]}
         assert listed[name]["kind"] == "dssm"

@@ -156,7 +156,7 @@ def test_a_bad_file_in_a_folder_does_not_stop_the_others(mixed_folder, tmp_path)
     assert len(errors) == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith("dssm: error: ") and "b_dermoscopy.jpg" in errors[0] and "channel" in errors[0]
     assert errors[1] == "dssm: 1 of 3 input(s) failed (listed above); 2 segmented"
-    report = json.loads((tmp_path / "t.json").read_text())
+    report = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert [Path(c["input"]).name for c in report["cases"]] == ["a_xray.png", "c_xray.nii.gz"]
     assert [Path(c["input"]).name for c in report["failed"]] == ["b_dermoscopy.jpg"]
 
@@ -354,7 +354,7 @@ def test_mistakes_in_the_command_are_refused_before_torch_is_imported(args, mess
     assert proc.returncode == 2, describe(proc)
     assert message in proc.stderr, describe(proc)
     assert proc.stdout.strip().endswith("torch not imported"), describe(proc)
-    assert (tmp_path / "out" / XRAY.name).read_text() == "an earlier mask"
+    assert (tmp_path / "out" / XRAY.name).read_text(encoding="utf-8") == "an earlier mask"
 
 
 def test_help_shows_defaults_and_version_matches_the_package(tmp_path) -> None:

@@ -30,14 +30,14 @@ def test_two_processes_write_one_bundle(ddp_run) -> None:
     assert proc.stdout.count("model bundle written") == 1, "only rank 0 writes the bundle"
     assert "Traceback" not in proc.stderr
     folder = run / "bundle" / "prostate-t2-mri"
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     assert meta["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     ModelBundle(folder).load_network(torch.device("cpu"))
 
 
 def test_model_json_records_the_global_batch(ddp_run) -> None:
     run, _ = ddp_run
-    training = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())["training"]
+    training = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text(encoding="utf-8"))["training"]
     assert training["processes"] == 2
     assert training["batch_size"] == 2 * 2, "batch_size is per process times world size"
     assert training["iterations"] == 2

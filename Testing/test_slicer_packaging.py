@@ -38,7 +38,7 @@ def cmakeList(text: str, variable: str, moduleName: str) -> list:
 
 @pytest.fixture(scope="module")
 def listed() -> dict:
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     name = re.search(r"set\(MODULE_NAME\s+(\w+)\)", text).group(1)
     assert name == "DSSMSegment"
     return {"scripts": cmakeList(text, "MODULE_PYTHON_SCRIPTS", name),
@@ -46,7 +46,7 @@ def listed() -> dict:
 
 
 def topLevelSettings() -> dict:
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     settings = dict(re.findall(r'^set\((EXTENSION_\w+)\s+"([^"]*)"\)', text, re.M))
     settings["project"] = re.search(r"^project\((\w+)\)", text, re.M).group(1)
     settings["text"] = text
@@ -55,7 +55,7 @@ def topLevelSettings() -> dict:
 
 def s4ext() -> dict:
     fields = {}
-    for line in (ROOT / "DSSMSegment.s4ext").read_text().splitlines():
+    for line in (ROOT / "DSSMSegment.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             fields[key] = value.strip()
@@ -69,7 +69,7 @@ def s4ext() -> dict:
 def importedModules(path: Path, package: str) -> set:
     """Absolute names of the DSSM modules that ``path`` (in ``package``) imports, at any depth in the file."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -111,7 +111,7 @@ def filesReachedFrom(*entries: Path) -> set:
 
 def pathInCode(path: Path, variable: str) -> str:
     """The ``Resources/...`` part of a module-level ``VARIABLE = Path(...) / "Resources" / ... / "x"``."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     node = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == variable)
     parts = []
     while isinstance(node, ast.BinOp):
@@ -121,7 +121,7 @@ def pathInCode(path: Path, variable: str) -> str:
 
 
 def constantInCode(path: Path, variable: str):
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     return next(n.value.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == variable)
 
 
@@ -167,7 +167,7 @@ def test_every_resource_the_module_loads_is_listed(listed):
 
 def test_the_self_test_is_registered_and_the_sample_checksum_is_right(listed):
     assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", listed["text"])
-    source = (MODULE / "DSSMSegment.py").read_text()
+    source = (MODULE / "DSSMSegment.py").read_text(encoding="utf-8")
     assert re.search(r"^class DSSMSegmentTest\(ScriptedLoadableModuleTest\):", source, re.M)
     sample = MODULE / pathInCode(MODULE / "DSSMSegment.py", "SAMPLE_FILE")
     assert hashlib.sha256(sample.read_bytes()).hexdigest() == constantInCode(MODULE / "DSSMSegment.py", "SAMPLE_SHA256")
@@ -185,8 +185,8 @@ def test_icons_are_128_pixel_pngs_and_the_copy_is_identical():
 
 
 def test_index_entry_validates_against_the_schema_and_the_index_rules():
-    schema = json.loads((ROOT / "Testing" / "Data" / "slicer-extension-index-schema.json").read_text())
-    entry = json.loads((ROOT / "DSSMSegment.json").read_text())
+    schema = json.loads((ROOT / "Testing" / "Data" / "slicer-extension-index-schema.json").read_text(encoding="utf-8"))
+    entry = json.loads((ROOT / "DSSMSegment.json").read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(entry, schema, cls=jsonschema.Draft7Validator)
     assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
@@ -220,7 +220,7 @@ def test_top_level_cmakelists_follows_the_extension_template():
 
 def test_s4ext_agrees_with_cmakelists_and_the_index_entry():
     fields, settings = s4ext(), topLevelSettings()
-    entry = json.loads((ROOT / "DSSMSegment.json").read_text())
+    entry = json.loads((ROOT / "DSSMSegment.json").read_text(encoding="utf-8"))
     assert fields["scm"] == "git"
     assert fields["scmurl"] == entry["scm_url"] and fields["scmrevision"] == entry["scm_revision"]
     assert fields["depends"].split() == entry["build_dependencies"] == settings["EXTENSION_DEPENDS"].split()
@@ -235,7 +235,7 @@ def test_s4ext_agrees_with_cmakelists_and_the_index_entry():
 
 
 def test_licence_is_apache_2_and_the_repository_fits_the_index_limit():
-    licence = (ROOT / "LICENSE").read_text()
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in licence
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,

@@ -54,7 +54,7 @@ def uiNamesUsedByCode() -> dict:
     """``name -> [file:line]`` for every ``<something>.ui.<name>`` in the module's Python code."""
     used = {}
     for path in CODE_FILES:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui":
                 used.setdefault(node.attr, []).append(f"{path.name}:{node.lineno}")
     return used
@@ -63,7 +63,7 @@ def uiNamesUsedByCode() -> dict:
 def parameterFields() -> dict:
     """``field -> type name`` of the parameterNodeWrapper class in Parameters.py (read, not imported: it
     needs Slicer)."""
-    tree = ast.parse((MODULE / "DSSMSegmentSlicerLib" / "Parameters.py").read_text())
+    tree = ast.parse((MODULE / "DSSMSegmentSlicerLib" / "Parameters.py").read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DSSMSegmentParameters")
     fields = {}
     for item in cls.body:
@@ -104,7 +104,7 @@ def signalConnections() -> list:
     """``(widget name, signal signature, file:line)`` for every ``<x>.ui.<name>.connect("signal(...)", slot)``."""
     found = []
     for path in CODE_FILES:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
                     and isinstance(node.func.value, ast.Attribute) and isinstance(node.func.value.value, ast.Attribute)
                     and node.func.value.value.attr == "ui" and node.args and isinstance(node.args[0], ast.Constant)):

@@ -79,7 +79,7 @@ def test_log_csv_and_curves_png(dssm_run) -> None:
 
 def test_bundle_has_fp16_weights_and_a_complete_model_json(dssm_run) -> None:
     folder = dssm_run / "bundle" / "prostate-t2-mri"
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     assert meta["sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
@@ -99,7 +99,7 @@ def test_bundle_has_fp16_weights_and_a_complete_model_json(dssm_run) -> None:
 def test_segment_with_the_trained_bundle(dssm_run, tmp_path) -> None:
     """The fresh bundle loads in a new process and gives a label image on the (oblique) input grid."""
     bundle = dssm_run / "bundle" / "prostate-t2-mri"
-    meta = json.loads((bundle / "model.json").read_text())
+    meta = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
     # case 001 has a real oblique direction (tilted axial T2); 8 slices around the gland to save CPU time
     case = "001"
     source = tmp_path / f"prostate{case}.nii.gz"
@@ -125,7 +125,7 @@ def test_resume_continues_from_the_checkpoint(dssm_run, tmp_path) -> None:
     rows = read_log(run)
     assert rows[: len(before)] == before, "the earlier log must be kept"
     assert [int(r["iteration"]) for r in rows] == [2, 4, 6], "the iteration count must continue from 4"
-    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text(encoding="utf-8"))
     assert meta["training"]["iterations"] == 6
     # the weights went on training from the checkpoint (not from scratch, not unchanged)
     first = ModelBundle(dssm_run / "bundle" / "prostate-t2-mri").load_network(torch.device("cpu")).state_dict()
@@ -137,7 +137,7 @@ def test_resume_continues_from_the_checkpoint(dssm_run, tmp_path) -> None:
                       "--cache", run / "cache.npz"], cwd=tmp_path)
     assert again.returncode == 0, describe(again)
     assert [int(r["iteration"]) for r in read_log(run)] == [2, 4, 6]
-    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    meta = json.loads((run / "bundle" / "prostate-t2-mri" / "model.json").read_text(encoding="utf-8"))
     assert meta["training"]["iterations"] == 6
 
 
@@ -165,7 +165,7 @@ def test_a_run_stopped_at_every_iteration_ends_exactly_as_an_uninterrupted_one(d
     rows = read_log(tmp_path / "stopped")
     assert [int(r["iteration"]) for r in rows] == [2, 3]
     assert all(float(r["samples_per_second"]) > 0 for r in rows)
-    meta = json.loads((tmp_path / "stopped" / "bundle" / "prostate-t2-mri" / "model.json").read_text())
+    meta = json.loads((tmp_path / "stopped" / "bundle" / "prostate-t2-mri" / "model.json").read_text(encoding="utf-8"))
     assert meta["training"]["iterations"] == 3 and meta["training"]["samples_per_second"] > 0
 
 
@@ -219,12 +219,12 @@ def test_fine_tune_keeps_the_source_split_whatever_the_seed(dssm_run, tmp_path) 
     recipe = get_recipe("prostate-t2-mri")
     seed = _a_seed_with_another_split(patients, groups, recipe, tmp_path)
     source = dssm_run / "bundle" / "prostate-t2-mri"
-    source_training = json.loads((source / "model.json").read_text())["training"]
+    source_training = json.loads((source / "model.json").read_text(encoding="utf-8"))["training"]
 
     proc = run_dssm(["train", *TINY, "--init", source, "--seed", seed, "--split-seed", seed, "--iterations", "2",
                      "--val-every", "1", "--out", "tuned", "--cache", dssm_run / "cache.npz"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    training = json.loads((tmp_path / "tuned" / "bundle" / "prostate-t2-mri" / "model.json").read_text())["training"]
+    training = json.loads((tmp_path / "tuned" / "bundle" / "prostate-t2-mri" / "model.json").read_text(encoding="utf-8"))["training"]
     assert training["split"] == source_training["split"]
     assert training["split_seed"] == source_training["split_seed"] == 0 and training["seed"] == seed
     assert training["warm_start_from"] == str(source)

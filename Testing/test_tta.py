@@ -118,7 +118,7 @@ def test_recorded_validation_dice_with_and_without_flips() -> None:
     from DSSMSegmentLib.bundle import resolve_model
 
     heart = resolve_model("heart-cine-mri")
-    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-tta" / "metrics.json").read_text())
+    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-tta" / "metrics.json").read_text(encoding="utf-8"))
     assert report["tta"] is True and report["steps"] == heart.default_steps
     assert heart.validation_dice(tta=True) == {s: v["dice"]["mean"] for s, v in report["summary"].items()}
     assert set(heart.validation_dice()) == set(heart.validation_dice(tta=True)) == {
@@ -126,10 +126,10 @@ def test_recorded_validation_dice_with_and_without_flips() -> None:
     prostate = resolve_model("prostate-t2-mri")
     assert prostate.validation_dice() == {} and prostate.validation_dice(tta=True) == {}
     # the plain one too, at full precision (model.json's 4-decimal "dice" rounded again showed RV 0.8875 as 0.887)
-    plain = json.loads((ROOT / "results" / "heart-cine-mri" / "K4" / "metrics.json").read_text())
+    plain = json.loads((ROOT / "results" / "heart-cine-mri" / "K4" / "metrics.json").read_text(encoding="utf-8"))
     assert heart.validation_dice() == {s: v["dice"]["mean"] for s, v in plain["summary"].items()}
     # and with 4 Markov samples (dssm evaluate --samples 4 --update-bundle)
-    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-s4" / "metrics.json").read_text())
+    report = json.loads((ROOT / "results" / "heart-cine-mri" / "K4-s4" / "metrics.json").read_text(encoding="utf-8"))
     assert report["samples"] == 4 and report["tta"] is False
     assert heart.validation_dice(samples=4) == {s: v["dice"]["mean"] for s, v in report["summary"].items()}
     # the settings `dssm models` and the panel list beside the default, from one place

@@ -101,7 +101,7 @@ def test_segment_uncertainty_writes_the_map_its_picture_and_the_uncertain_volume
     line = next(ln for ln in proc.stdout.splitlines() if "uncertain (" in ln)
     level = unc.threshold(4)
     assert f"entropy > {level:.3f}" in line and f"{unc.UNCERTAINTY_SAMPLES} chain(s) x 1 pass(es)" in line
-    case = json.loads((tmp_path / "t.json").read_text())["cases"][0]
+    case = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["cases"][0]
     labels = [lab.name for lab in resolve_model("heart-cine-mri").labels]
     assert list(case["uncertain_mL"]) == labels and all(f"{name} " in line for name in labels)
     # the printed volumes are the voxels above the threshold, in mL
@@ -127,7 +127,7 @@ def test_an_xray_through_the_heart_model_is_written_with_its_warnings(tmp_path):
                                   "trained on (")
     assert "a 2D image, the model was trained on volumes" in warnings[0]
     assert warnings[1].startswith(f"dssm: warning: {XRAY_VAL}: ") and "came out empty" in warnings[1]
-    case = json.loads((tmp_path / "t.json").read_text())["cases"][0]
+    case = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["cases"][0]
     assert case["familiar"] is False and case["familiarity"] is not None
     assert case["warnings"] == [w[len("dssm: warning: "):] for w in warnings]
 
@@ -137,7 +137,7 @@ def test_a_validation_xray_through_its_own_model_gets_no_warning(tmp_path):
     proc = run_dssm(["segment", "--model", "lungs-cxr", "--device", "cpu", "--timings", tmp_path / "t.json",
                      "-o", tmp_path / "out", XRAY_VAL], cwd=tmp_path)
     assert proc.returncode == 0 and proc.stderr == "", describe(proc)
-    case = json.loads((tmp_path / "t.json").read_text())["cases"][0]
+    case = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["cases"][0]
     assert case["familiar"] is True and case["familiarity"] >= case["familiarity_threshold"]
 
 
@@ -150,7 +150,7 @@ def test_an_existing_uncertainty_map_is_refused_before_any_work(tmp_path):
     line = assert_one_error_line(proc.returncode, proc.stderr)
     assert "CHNCXR_0002_0_uncertainty.png" in line and "--overwrite" in line
     assert [p.name for p in files_under(out)] == ["CHNCXR_0002_0_uncertainty.png"]
-    assert (out / "CHNCXR_0002_0_uncertainty.png").read_text() == "an earlier map"
+    assert (out / "CHNCXR_0002_0_uncertainty.png").read_text(encoding="utf-8") == "an earlier map"
 
 
 def test_evaluate_uncertainty_measures_each_map(tmp_path):
@@ -195,7 +195,7 @@ def test_calibrate_runs_on_training_cases_and_refuses_a_baseline(tmp_path):
     proc = run_dssm(["calibrate", "--model", "lungs-cxr-baseline"], cwd=tmp_path)
     line = assert_one_error_line(proc.returncode, proc.stderr)
     assert "no Bayesian head" in line
-    assert json.loads((MODELS / "lungs-cxr" / "model.json").read_text())["familiarity"]["n_cases"] == 450
+    assert json.loads((MODELS / "lungs-cxr" / "model.json").read_text(encoding="utf-8"))["familiarity"]["n_cases"] == 450
 
 
 def test_familiarity_table_tells_the_models_own_data_from_the_others(tmp_path):
@@ -203,7 +203,7 @@ def test_familiarity_table_tells_the_models_own_data_from_the_others(tmp_path):
     proc = run_dssm(["familiarity", "--models", "heart-cine-mri,lungs-cxr", "--limit", "2", "--device", "cpu",
                      "-o", tmp_path / "f.json"], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    result = json.loads((tmp_path / "f.json").read_text())
+    result = json.loads((tmp_path / "f.json").read_text(encoding="utf-8"))
     assert result["command"] == "dssm familiarity --models heart-cine-mri,lungs-cxr --limit 2"
     heart, lungs = result["table"]["heart-cine-mri"], result["table"]["lungs-cxr"]
     assert heart["own"] == "acdc" and heart["own_flagged"] == 0 and heart["own_n"] == 2
