@@ -173,11 +173,13 @@ def _nifti_header(path: Path) -> Optional[dict]:
             dims = struct.unpack(endian + "8h", head[40:56])
             datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            version = 1
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
             dims = struct.unpack(endian + "8q", head[16:80])
             offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            version = 2
             break
     else:
         return None
@@ -185,8 +187,7 @@ def _nifti_header(path: Path) -> Optional[dict]:
     if not 1 <= ndim <= 7:
         return None
     return {"endian": endian, "size": list(dims[1:ndim + 1]), "datatype": datatype, "bitpix": bitpix,
-            "offset": offset, "gzip": opener is gzip.open, "version": 1 if len(head) < 540 or
-            struct.unpack(endian + "i", head[:4])[0] == 348 else 2}
+            "offset": offset, "gzip": opener is gzip.open, "version": version}
 
 
 def _nifti_check_data(path: Path, header: dict) -> None:
@@ -233,11 +234,12 @@ def _nifti1_fields(head: bytes, endian: str) -> dict:
     return {name: struct.unpack_from(endian + fmt, head, offset) for name, offset, fmt in _NIFTI1_GEOMETRY}
 
 
-def _read_nifti_bytes(path: Path) -> bytes:
+def _read_nifti_bytes(path: Path, size: int = -1) -> bytes:
+    """The (decompressed) bytes of a NIfTI file, ``.nii`` or ``.nii.gz``: all of them, or the first ``size``."""
     with open(path, "rb") as raw:
         gz = raw.read(2) == b"\x1f\x8b"
     with (gzip.open if gz else open)(path, "rb") as f:
-        return f.read()
+        return f.read(size)
 
 
 def _nearest_orthonormal_sform(path: Path, header: Optional[dict]) -> Optional[tuple]:
@@ -429,10 +431,7 @@ def _copy_nifti_geometry(source: Path, target: Path) -> None:
     src, dst = _nifti_header(source), _nifti_header(target)
     if not src or not dst or src.get("version") != 1 or dst.get("version") != 1 or src["size"][:3] != dst["size"][:3]:
         return
-    with open(source, "rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    with (gzip.open if gz else open)(source, "rb") as f:
-        fields = _nifti1_fields(f.read(348), src["endian"])
+    fields = _nifti1_fields(_read_nifti_bytes(source, 348), src["endian"])
     data = bytearray(_read_nifti_bytes(target))
     for name, offset, fmt in _NIFTI1_GEOMETRY:
         values = list(fields[name])
