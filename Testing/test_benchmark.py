@@ -1,7 +1,7 @@
 """`dssm benchmark` and the inference speed-ups it measures (issue 5).
 
-* ``dssm benchmark --quick`` runs end to end on CPU and its JSON holds every stage, every K, both references
-  and sane positive numbers (never a timed assertion: speed is reported, not tested);
+* ``dssm benchmark --quick`` runs end to end on CPU and its JSON holds every stage, every K, both references,
+  the uncertainty map's run and sane positive numbers (never a timed assertion: speed is reported, not tested);
 * folding BatchNorm into the convolutions (what the Segmenter does after loading) gives the same logits as the
   unfolded network on a real ACDC slice, and leaves the bundle's state dict alone;
 * the fast inference path of ``DSSM.forward`` computes what the public pieces (``denoise``, ``posterior``, used
@@ -68,6 +68,11 @@ def test_quick_benchmark_has_every_k_and_both_references(quick_report) -> None:
     assert len(samples) == 1 and samples[0]["steps"] == 4 and samples[0]["samples"] == 4
     chain = dssm[4]["flops_per_slice"] - dssm[0]["flops_per_slice"]
     assert samples[0]["flops_per_slice"] == pytest.approx(dssm[4]["flops_per_slice"] + 3 * chain, rel=0.02)
+    # the uncertainty map (issue 14) at the default K: the model's 2 chains per slice, so one chain more
+    unc = [r for r in rows if r["method"] == "uncertainty"]
+    assert len(unc) == 1 and unc[0]["steps"] == 4 and unc[0]["samples"] == 2
+    assert unc[0]["flops_per_slice"] == pytest.approx(dssm[4]["flops_per_slice"] + chain, rel=0.02)
+    assert [t for t in report["targets"] if "uncertainty map" in t["target"]]
 
 
 def test_quick_benchmark_times_every_stage(quick_report) -> None:
@@ -76,7 +81,10 @@ def test_quick_benchmark_times_every_stage(quick_report) -> None:
         stages = r["stages_s"]
         for name in ("read", "preprocess", "semantic pass", "resample back", "postprocess", "write"):
             assert name in stages, (r["method"], r["steps"], sorted(stages))
-        if r["method"] in ("dssm", "samples", "tta"):
+        assert ("uncertainty" in stages) == (r["method"] == "uncertainty")
+        if r["method"] == "uncertainty":  # the map's own work, and the write of its file
+            assert _positive(stages["uncertainty"]) and _positive(stages["write"])
+        if r["method"] in ("dssm", "samples", "tta", "uncertainty"):
             assert "bayesian head" in stages and "first prediction + encode" in stages
             steps = sorted(int(s.split()[-1]) for s in stages if s.startswith("markov step"))
             assert steps == list(range(1, r["steps"] + 1)), (r["steps"], steps)
@@ -109,6 +117,7 @@ def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
     # the Markdown tables went to stdout
     assert "| acdc | DSSM | 4 |" in stdout and "naive 100-step DDPM" in stdout and "baseline" in stdout
     assert "| acdc | DSSM + TTA | 4 |" in stdout and "| acdc | DSSM, 4 samples | 4 |" in stdout
+    assert "| acdc | DSSM + uncertainty map, 2 chains | 4 |" in stdout
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -409,19 +409,13 @@ def _write_uncertainty(segmenter, image, result, path: Path, target: Path, overl
                        timings) -> dict:
     """Write one input's uncertainty map (and its overlay); the ``--timings`` fields and the line that gives the
     uncertain volume of each structure."""
-    import numpy as np
-
     from . import uncertainty as unc
-    from .imageio import image_like, spacing_zyx, write_image_atomically
+    from .imageio import spacing_zyx
 
     t0 = time.perf_counter()
     level = unc.threshold(segmenter.bundle.architecture.num_classes)
     is_2d = image.GetDimension() == 2
-    if is_2d:  # a PNG holds no floats: 16 bits, value / 65535 is the uncertainty
-        scaled = np.round(result.uncertainty_maps[unc.MEASURE] * 65535).clip(0, 65535)
-        write_image_atomically(image_like(scaled, image, np.uint16), target)
-    else:
-        write_image_atomically(result.uncertainty, target, geometry_from=path if path.is_file() else None)
+    unc.write_map(result, image, target, geometry_from=path if path.is_file() else None)
     timings.add("write", time.perf_counter() - t0)
     if overlay is not None:
         from .overlay import write_uncertainty_overlay

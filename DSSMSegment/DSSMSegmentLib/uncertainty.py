@@ -48,6 +48,19 @@ def entropy(p, dim: int = 1):
     return -torch.special.xlogy(p, p).sum(dim)
 
 
+def write_map(result, image, target, geometry_from=None) -> None:
+    """Write a run's uncertainty map (:meth:`Segmenter.run` with ``uncertainty``) as ``dssm segment`` does, on the
+    input's exact grid: float for a volume (with ``geometry_from``'s NIfTI header, as the mask); a 2D image's as a
+    16-bit PNG, since a PNG holds no floats (value / 65535 is the uncertainty)."""
+    from .imageio import image_like, write_image_atomically
+
+    if image.GetDimension() == 2:
+        scaled = np.round(result.uncertainty_maps[MEASURE] * 65535).clip(0, 65535)
+        write_image_atomically(image_like(scaled, image, np.uint16), target)
+    else:
+        write_image_atomically(result.uncertainty, target, geometry_from=geometry_from)
+
+
 def uncertain_volumes(uncertainty: np.ndarray, likely_structure: np.ndarray, spacing_zyx: Sequence[float],
                       labels, level: float, is_2d: bool) -> Dict[str, float]:
     """Per structure, the volume in mL (area in mm^2 for a 2D image) of voxels whose uncertainty is above

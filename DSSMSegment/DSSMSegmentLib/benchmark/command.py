@@ -84,7 +84,8 @@ def benchmark_command(args) -> int:
                       "batch": 256 if gpu else (2 if quick else 16), "repeats": 10 if gpu else (1 if quick else 3)}
         for n, name in enumerate(names):
             case_model = specs[name]["model"]
-            methods = [("dssm", case_model), ("samples", case_model), ("tta", case_model)]
+            methods = [("dssm", case_model), ("samples", case_model), ("tta", case_model),
+                       ("uncertainty", case_model)]
             base = case_model + "-baseline"
             try:
                 resolve_model(base)

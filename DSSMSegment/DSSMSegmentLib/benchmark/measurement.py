@@ -136,6 +136,7 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
     from ..bundle import resolve_model
     from ..imageio import write_image_atomically
     from ..inference import Segmenter, Timings
+    from ..uncertainty import write_map
 
     import SimpleITK as sitk
 
@@ -176,10 +177,15 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         t0 = time.perf_counter()
         image = load_image()
         t_read = time.perf_counter() - t0
-        labels = segmenter.segment(image, steps=steps, seed=0, timings=timings, name=case["name"])
+        # with the uncertainty map, the whole work of dssm segment --uncertainty: its chains, the map, its file
+        result = segmenter.run(image, steps=steps, seed=0, timings=timings, name=case["name"],
+                               uncertainty=(method == "uncertainty"))
+        labels = result.labels
         t1 = time.perf_counter()
         if io:
             write_image_atomically(labels, out_path)
+            if method == "uncertainty":
+                write_map(result, image, out_dir / out_path.name.replace("mask", "uncertainty"))
         t_write = time.perf_counter() - t1
         total = time.perf_counter() - t0
         st = timings.stages
@@ -191,6 +197,8 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         stages.update(clock.stages)
         stages["network other"] = max(0.0, network - sum(clock.stages.values()))
         stages["resample back"] = st.get("resample out", 0.0)
+        if method == "uncertainty":
+            stages["uncertainty"] = st.get("uncertainty", 0.0)
         stages["postprocess"] = st.get("postprocess", 0.0)
         if io:
             stages["write"] = t_write
@@ -201,7 +209,7 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         return result
 
     configs = ([int(k) for k in spec["steps"]] if method == "dssm"
-               else [segmenter.bundle.default_steps] if method in ("tta", "samples") else [0])
+               else [segmenter.bundle.default_steps] if method in ("tta", "samples", "uncertainty") else [0])
     slices = segmenter_slices(case)
     repeats = max(1, min(spec["repeats"], 3)) if method == "naive" else spec["repeats"]
     runs = {k: [] for k in configs}
@@ -243,7 +251,8 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
         names = list(kruns[-1]["stages"])
         entry = {
             "device": str(device), "case": case["name"], "method": method, "model": model,
-            "steps": spec["naive_steps"] if method == "naive" else k, "samples": segmenter.samples_at(k),
+            "steps": spec["naive_steps"] if method == "naive" else k,
+            "samples": segmenter.uncertainty_chains(k) if method == "uncertainty" else segmenter.samples_at(k),
             "slices": slices,
             "time_s": _summary(totals), "network_s": _summary([r["network"] for r in kruns]),
             "cold_s": cold[k], "stages_s": {n: statistics.median(r["stages"].get(n, 0.0) for r in kruns) for n in names},
