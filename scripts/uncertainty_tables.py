@@ -10,7 +10,10 @@
 ``results/uncertainty/<model>/<row>.json`` (the summary of each measure, and per case 1 - Dice and the case's
 uncertainty under each measure; the Dice per structure is in results/<model>/ already).
 
-Usage: python scripts/uncertainty_tables.py [--collect runs/uncertainty]
+Usage: python scripts/uncertainty_tables.py [--collect runs/uncertainty] [--readme]
+
+``--readme`` prints the README's two tables instead: the map that ``dssm segment`` writes against the baseline's
+softmax entropy, per model, and the familiarity table.
 """
 
 from __future__ import annotations
@@ -77,6 +80,21 @@ def uncertainty_table() -> str:
     return "\n".join(lines)
 
 
+def readme_uncertainty_table() -> str:
+    """The README's short table: per model, the map dssm segment writes against the baseline's softmax entropy."""
+    lines = ["| model (validation cases) | DSSM map (written): AUROC | near the structures | Spearman | "
+             "baseline's softmax entropy: AUROC | near | Spearman |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for model in MODELS:
+        paths = [ROOT / model / f"{row}.json" for row in ("K4", "baseline")]
+        if not all(path.is_file() for path in paths):
+            continue
+        dssm, base = (json.loads(path.read_text()) for path in paths)
+        cells = [cell(r, m, key) for r, m in ((dssm, dssm["written"]), (base, "entropy"))
+                 for key in ("auroc", "auroc_near", "spearman")]
+        lines.append(f"| {model} ({len(dssm['per_case'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def familiarity_table() -> str:
     path = ROOT / "familiarity.json"
     if not path.is_file():
@@ -88,9 +106,11 @@ def familiarity_table() -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect", type=Path, default=None, help="folder of dssm evaluate -o outputs")
+    parser.add_argument("--readme", action="store_true", help="the README's tables: the written map against the "
+                        "baseline's, and the familiarity table")
     args = parser.parse_args()
     if args.collect:
         collect(args.collect)
-    print(uncertainty_table())
+    print(readme_uncertainty_table() if args.readme else uncertainty_table())
     print()
     print(familiarity_table())
