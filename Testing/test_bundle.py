@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -16,6 +17,12 @@ from DSSMSegmentLib.bundle import (META_FILE, WEIGHTS_FILE, ModelBundle, availab
                                    save_bundle)
 from DSSMSegmentLib.errors import DSSMError
 from DSSMSegmentLib.networks import ArchitectureConfig, build_model
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fp16_report(weights) -> dict:
@@ -60,6 +67,8 @@ def test_save_bundle_round_trip_is_exact(tmp_path, heart_bundle, heart_segmenter
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     assert meta["sha256"] == hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     assert meta["labels"] == heart_bundle.meta["labels"]
+    # both files follow the user's umask (safetensors alone writes 0600: a shared models folder went unreadable)
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {oct(0o666 & ~_umask())}
     original, saved = load_file(str(MODELS / "heart-cine-mri" / WEIGHTS_FILE)), load_file(str(folder / WEIGHTS_FILE))
     assert original.keys() == saved.keys()
     assert all(torch.equal(original[k], saved[k]) and original[k].dtype == saved[k].dtype for k in original)

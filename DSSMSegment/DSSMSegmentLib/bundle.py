@@ -234,11 +234,14 @@ def save_bundle(network: "torch.nn.Module", folder: Path, meta: dict) -> ModelBu
     """Write fp16 weights and ``model.json`` (with the weights' sha256); returns the reloaded bundle."""
     from safetensors.torch import save_file
 
+    from .files import follow_umask
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in network.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "dssm", "version": str(FORMAT_VERSION)})
+    follow_umask(folder / WEIGHTS_FILE)  # safetensors writes 0600: a shared models folder must stay readable
     meta = dict(meta)
     meta["format_version"] = FORMAT_VERSION
     meta["sha256"] = sha256_of(folder / WEIGHTS_FILE)

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DSSMError
+from .files import follow_umask
 
 IMAGE_SUFFIXES_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGE_SUFFIXES_3D = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -395,13 +396,6 @@ def image_like(array: np.ndarray, reference: sitk.Image, dtype=np.float32) -> si
     return out
 
 
-def _file_mode() -> int:
-    """The mode a new file gets under the user's umask (mkstemp's files are 0600 whatever the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 @contextmanager
 def atomic_output(path: Path, suffix: str = ""):
     """Yield a temporary path in ``path``'s folder to write to; on success it replaces ``path`` (with the mode
@@ -413,7 +407,7 @@ def atomic_output(path: Path, suffix: str = ""):
         fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix or "".join(path.suffixes[-2:]), dir=path.parent)
         os.close(fd)
         yield Path(tmp)
-        os.chmod(tmp, _file_mode())
+        follow_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
