@@ -353,10 +353,17 @@ def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> 
     assert proc.returncode == 0, describe(proc)
     donor = tmp_path / "base" / "bundle" / "prostate-t2-mri-baseline"
     proc = run_dssm(["train", *TINY, "--refiner", "residual", "--init-semantic", donor, "--iterations", "3",
-                     "--val-every", "1", "--out", "stage2", "--cache", cache], cwd=tmp_path)
+                     "--stage1-dropout", "0.3", "--val-every", "1", "--out", "stage2", "--cache", cache], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
     bundle = ModelBundle(tmp_path / "stage2" / "bundle" / "prostate-t2-mri")
-    assert bundle.architecture.refiner == "residual"
+    assert bundle.architecture.refiner == "residual" and bundle.meta["training"]["stage1_dropout"] == 0.3
+    # stage 2 keeps its baseline's split; naming a case the baseline trained on for validation is refused
+    donor_split = ModelBundle(donor).meta["training"]["split"]
+    assert bundle.meta["training"]["split"] == donor_split and donor_split["val"]
+    proc = run_dssm(["train", *TINY, "--refiner", "residual", "--init-semantic", donor, "--iterations", "1",
+                     "--val-patients", donor_split["train"][0].split(":")[1], "--out", "leak", "--cache", cache],
+                    cwd=tmp_path)
+    assert "use a bundle with the same split" in assert_one_error_line(proc.returncode, proc.stderr)
     trained = bundle.load_network(torch.device("cpu")).state_dict()
     baseline = ModelBundle(donor).load_network(torch.device("cpu")).state_dict()
     first_stage = [k for k in baseline if k.startswith("semantic.")]
@@ -366,3 +373,37 @@ def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> 
     proc = run_dssm(["train", *TINY, "--refiner", "residual", "--iterations", "1", "--out", "alone", "--cache", cache],
                     cwd=tmp_path)
     assert "--init-semantic BASELINE_BUNDLE" in assert_one_error_line(proc.returncode, proc.stderr)
+    proc = run_dssm(["train", *TINY, "--stage1-dropout", "0.3", "--iterations", "1", "--out", "e2e", "--cache", cache],
+                    cwd=tmp_path)
+    assert "two-stage DSSM (--refiner residual) only" in assert_one_error_line(proc.returncode, proc.stderr)
+
+
+def test_stage1_dropout_makes_first_stage_mistakes_in_training_only() -> None:
+    """``--stage1-dropout P``: in a two-stage training pass, half of the batch goes through the frozen baseline with
+    whole decoder channels dropped, and its first prediction on a real X-ray then makes mistakes (Dice against the
+    clean prediction drops); the other half, and inference at any K, see the baseline untouched."""
+    baseline = ModelBundle(MODELS.parent.parent.parent / "Baselines" / "lungs-cxr-baseline")
+    plain = baseline.load_network(torch.device("cpu"))
+    arch = ArchitectureConfig.from_dict(dict(baseline.architecture.to_dict(), kind="dssm", refiner="residual"))
+    two_stage = build_model(arch)
+    load_semantic_state(two_stage, semantic_state(plain))
+    image = Image.open(CXR / "images" / "MCUCXR_0006_0.png").convert("F").resize((256, 256))
+    x = torch.from_numpy(np.array(image))[None, None]
+    x = ((x - x.mean()) / x.std()).expand(8, -1, -1, -1).contiguous()
+    onehot = torch.zeros(8, 2, 256, 256)
+    onehot[:, 0] = 1
+    with torch.no_grad():
+        clean = plain(x).argmax(1)
+        torch.manual_seed(0)
+        two_stage.stage1_dropout = 0.3
+        first = two_stage.training_forward(x, onehot).first.argmax(1)
+
+    def dice(a, b):
+        return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+    per_sample = [dice(first[i] == 1, clean[i] == 1) for i in range(8)]
+    assert sum(d == 1.0 for d in per_sample) >= 1, per_sample  # the untouched half
+    assert min(per_sample) < 0.99, per_sample  # and mistakes in the other
+    two_stage.eval()
+    with torch.inference_mode():
+        assert torch.equal(two_stage(x[:1], steps=0), plain(x[:1]))

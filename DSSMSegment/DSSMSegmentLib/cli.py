@@ -128,6 +128,10 @@ def _add_train(sub) -> None:
                    help="DSSM's output: 'bayes', the Bayesian head's posterior, trained end to end; 'residual', a "
                         "two-stage DSSM: the generative half trains on top of the frozen --init-semantic baseline and "
                         "corrects its logits, so that K = 0 is exactly that baseline")
+    p.add_argument("--stage1-dropout", type=float, default=0.0, metavar="P",
+                   help="two-stage DSSM: for half of each batch, drop whole channels of the frozen first stage's "
+                        "decoder with probability P, so that stage 2 learns from first-stage mistakes (which the first "
+                        "stage rarely makes on its own training images)")
     p.add_argument("--likelihood-loss", type=float, default=0.0,
                    help="DSSM: weight of an extra loss on the Bayesian head's likelihood alone, without its prior")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")
@@ -454,7 +458,8 @@ def cmd_train(args) -> int:
         device=args.device, default_steps=args.steps, name=args.name,
         init=Path(args.init) if args.init else None,
         init_semantic=Path(args.init_semantic) if args.init_semantic else None,
-        likelihood_weight=args.likelihood_loss, refiner=args.refiner, checkpoint_minutes=args.checkpoint_every,
+        likelihood_weight=args.likelihood_loss, refiner=args.refiner, stage1_dropout=args.stage1_dropout,
+        checkpoint_minutes=args.checkpoint_every,
         stop_after_minutes=args.stop_after,
     )
     bundle = train(cfg)

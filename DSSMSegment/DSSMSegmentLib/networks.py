@@ -81,18 +81,31 @@ class SemanticUNet(nn.Module):
         self.to_features = nn.Conv2d(widths[0], feature_channels, 1)
         self.quarter_channels = widths[2]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, dropout: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dropout``: training a two-stage DSSM only, a per-sample probability (B,) of dropping whole channels
+        of the bottleneck and of every decoder stage (:func:`channel_dropout`), so that the frozen first stage
+        makes mistakes on its own training images, as it does on new ones."""
         skips = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        x = skips.pop()
+        x = channel_dropout(skips.pop(), dropout)
         quarter = None
         for up, dec in zip(self.upsample, self.decoder):
-            x = dec(torch.cat([up(x), skips.pop()], dim=1))
+            x = channel_dropout(dec(torch.cat([up(x), skips.pop()], dim=1)), dropout)
             if len(skips) == 2:  # the stage at 1/4 resolution
                 quarter = x
         return self.to_features(x), quarter
+
+
+def channel_dropout(x: torch.Tensor, rates: Optional[torch.Tensor]) -> torch.Tensor:
+    """Drop whole channels of each sample of (B, C, H, W) with that sample's probability ``rates[b]``, scaling
+    the kept ones by 1 / (1 - rate) (``F.dropout2d`` with one rate per sample); ``None``: ``x`` unchanged."""
+    if rates is None:
+        return x
+    keep = (1.0 - rates.to(x.dtype)).view(-1, 1, 1, 1)
+    mask = (torch.rand(x.shape[0], x.shape[1], 1, 1, device=x.device) < keep).to(x.dtype)
+    return x * mask / keep
 
 
 class BayesianHead(nn.Module):
@@ -381,6 +394,7 @@ class DSSM(nn.Module):
             raise ValueError(f"unknown refiner {cfg.refiner!r} (expected 'bayes' or 'residual')")
         self.schedule = CosineSchedule(cfg.timesteps)
         self._temb_dim = temb_dim
+        self.stage1_dropout = 0.0  # two-stage training only (TrainConfig.stage1_dropout); never saved, never at inference
 
     @property
     def two_stage(self) -> bool:
@@ -576,7 +590,12 @@ class DSSM(nn.Module):
         if self.two_stage:  # the first stage is frozen: no gradient, no BatchNorm statistics updated
             with torch.no_grad():
                 self.semantic.eval()
-                features, quarter = self.semantic(x)
+                # half of the samples through a first stage with channel dropout (stage1_dropout), so that stage 2
+                # also learns from first-stage mistakes, which the first stage rarely makes on its training images
+                rates = None
+                if self.stage1_dropout > 0:
+                    rates = (torch.rand(b, device=x.device) < 0.5).float() * self.stage1_dropout
+                features, quarter = self.semantic(x, dropout=rates)
                 first = self.first_head(F.leaky_relu(features, 0.01)).float()
         else:
             features, quarter = self.semantic(x)

@@ -60,6 +60,7 @@ class TrainConfig:
     init_semantic: Optional[Path] = None  # semantic module + pixel classifier from this bundle (e.g. the baseline)
     likelihood_weight: float = 0.0  # weight of a loss term on the Bayesian head's likelihood alone (DSSM)
     refiner: str = "bayes"  # DSSM's output: "bayes" (end to end) or "residual" (two-stage, on a frozen baseline)
+    stage1_dropout: float = 0.0  # two-stage: channel dropout in the frozen first stage for half of each batch
     checkpoint_minutes: float = 5.0  # also checkpoint every this many minutes of training (besides validations)
     stop_after_minutes: float = 0.0  # this call stops (checkpointed, to be resumed) after this many minutes; 0: never
     extra: dict = field(default_factory=dict)
@@ -197,8 +198,9 @@ def training_split(cfg: TrainConfig, recipe: dict, patients: List[str], groups: 
     """``({"train": [...], "val": [...]}, split seed)`` of the cached ``patients``.
 
     ``--val-patients`` names the validation cases. A fine-tune (``--init``; ``source_training`` is the
-    ``training`` record of its source bundle) keeps the split its source bundle was trained with, so that the
-    source's validation cases are never trained on (a new split would put some of them into training, and
+    ``training`` record of its source bundle) keeps the split its source bundle was trained with, and so does a
+    run on another bundle's semantic module (``--init-semantic``: ``source_training`` is that bundle's record),
+    so that the source's validation cases are never trained on (a new split would put some of them into training, and
     their Dice would then be inflated). Otherwise the recipe's stratified split by ``--split-seed``,
     independent of ``--seed``, which seeds only the weights and the augmentation."""
     if cfg.val_patients:
@@ -237,7 +239,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
     source = ModelBundle(Path(cfg.init)) if cfg.init is not None else None  # a fine-tune's starting bundle
     source_training = source.meta.get("training", {}) if source is not None else {}
-    split, split_seed = training_split(cfg, recipe, patients, groups, source_training)
+    # a fine-tune keeps its source's split, and a run on another bundle's semantic module (--init-semantic: a
+    # two-stage DSSM's frozen baseline) keeps that bundle's, so that no case it trained on is validated on
+    split_source = source_training or (ModelBundle(Path(cfg.init_semantic)).meta.get("training", {})
+                                       if cfg.init_semantic else {})
+    split, split_seed = training_split(cfg, recipe, patients, groups, split_source)
     train_data, val_data = data.subset(split["train"]), data.subset(split["val"])
     if len(train_data.images) == 0:
         raise DSSMError("the training split is empty")
@@ -248,9 +254,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if two_stage and source is None and not cfg.init_semantic:
         raise DSSMError("a two-stage DSSM (--refiner residual) trains on top of a trained discriminative baseline: "
                         "pass --init-semantic BASELINE_BUNDLE (e.g. Baselines/RECIPE-baseline)")
+    if cfg.stage1_dropout and not two_stage:
+        raise DSSMError("--stage1-dropout is for a two-stage DSSM (--refiner residual) only")
+    if not 0.0 <= cfg.stage1_dropout < 1.0:
+        raise DSSMError(f"--stage1-dropout must be in [0, 1), not {cfg.stage1_dropout:g}")
     if cfg.widths:
         arch.widths = tuple(cfg.widths)
     network = build_model(arch).to(device)
+    if two_stage:
+        network.stage1_dropout = float(cfg.stage1_dropout)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         network = network.to(memory_format=torch.channels_last)
@@ -488,6 +500,7 @@ def _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_traini
             "train_minutes": round(state["train_seconds"] / 60, 2), "hardware": hardware, "processes": world,
             "samples_per_second": round(_samples_per_second(state), 2),
             "augment": recipe["augment"], "crop": recipe["crop"], "lr": cfg.lr,
+            **({"stage1_dropout": cfg.stage1_dropout} if arch.refiner == "residual" and cfg.kind == "dssm" else {}),
             "final_val_dice_cache_resolution": {k: float(v) for k, v in rows[-1].items() if k.startswith("val_dice_")} if rows else {},
             "torch": torch.__version__,
             "warm_start_from": str(cfg.init) if cfg.init else None,
