@@ -1,6 +1,7 @@
 """Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
 
-Prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
+With --targets, issue 12's targets model by model (DSSM against its baseline, against K = 0 and
+against the paper). Otherwise prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
 slice, each model before and after the same extra CPU training for DSSM and its baseline
 (``scripts/experiments/cpu_finetune.sh``), DSSM training variants after the same extra iterations (the same script with
@@ -51,7 +52,11 @@ HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA
           "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
 
 
-def fmt(stat, digits: int = 3) -> str:
+DIGITS = 3  # of every Dice printed; --targets computes its differences from 6
+
+
+def fmt(stat, digits: int = None) -> str:
+    digits = DIGITS if digits is None else digits
     if stat is None or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
@@ -106,7 +111,8 @@ def loocv_rows(rows=ROWS, extra=True):
                     vals.setdefault((s, "hd95_mm"), []).append(v["hd95_mm"]["mean"])
         per[row] = vals
 
-    def f(row, structure, key="dice", digits=3):
+    def f(row, structure, key="dice", digits=None):
+        digits = DIGITS if digits is None else digits
         v = per.get(row, {}).get((structure, key))
         return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if v else "n/a"
 
@@ -156,7 +162,7 @@ def table(header, rows) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-# --readme: one row per model, the default DSSM and its baseline beside the paper, mean Dice over the validation
+# --readme: one row per model, the default DSSM, K = 0 and its baseline beside the paper, mean Dice over the validation
 # cases (prostate: over the 4 leave-one-case-out folds); the details are in docs/models.md
 README_IMAGES = {"heart-cine-mri": "cine MRI, short axis", "left-atrium-lge-mri": "late gadolinium-enhanced MRI (3D)",
                  "lungs-cxr": "frontal chest X-ray", "skin-lesion-dermoscopy": "dermoscopy photograph (RGB)",
@@ -164,7 +170,7 @@ README_IMAGES = {"heart-cine-mri": "cine MRI, short axis", "left-atrium-lge-mri"
 README_PARTS = {"right ventricle cavity": "RV", "left ventricle myocardium": "myocardium", "left ventricle cavity": "LV",
                 "transition zone": "TZ", "peripheral zone": "PZ", "(isic2018)": "ISIC 2018", "(ph2)": "PH2",
                 "(LOOCV, 4 folds)": ""}
-README_HEADER = ["model", "images", "scored (validation cases)", "DSSM, K = 4", "baseline", "paper"]
+README_HEADER = ["model", "images", "scored (validation cases)", "DSSM, K = 4", "DSSM, K = 0", "baseline", "paper"]
 
 
 def readme_rows(rows):
@@ -180,15 +186,48 @@ def readme_rows(rows):
         cases = list(dict.fromkeys(row[2] for _, row in parts))
         loocv = model == "prostate-t2-mri"  # loocv_rows: one fold per held-out case
         scored = " / ".join(name for name, _ in parts) + f" ({' / '.join(cases)}{' folds, one case out' if loocv else ''})"
-        out.append([f"[{model}](docs/models.md#{model})", README_IMAGES.get(model, ""), scored, joined(3), joined(6),
-                    joined(8)])
+        out.append([f"[{model}](docs/models.md#{model})", README_IMAGES.get(model, ""), scored, joined(3), joined(4),
+                    joined(6), joined(8)])
+    return out
+
+
+# --targets: issue 12's targets, model by model, from the same rows: the mean Dice over a model's structures (per
+# dataset for the skin model) of DSSM at K = 4 against its baseline and against K = 0, and the paper's structure
+TARGETS_HEADER = ["model", "DSSM - baseline (target >= +0.005)", "K = 4 - K = 0 (target >= +0.005)",
+                  "DSSM - paper (target >= 0)"]
+
+
+def target_rows(rows):
+    groups = {}
+    for row in rows:
+        groups.setdefault(row[0], []).append(row)
+
+    def mean(parts, i):
+        return float(np.mean([float(r[i].split(" ± ")[0]) for r in parts]))
+
+    def verdict(delta, need):
+        return f"{delta:+.3f} ({'met' if delta >= need - 1e-9 else 'not met'})"
+
+    out = []
+    for name, parts in groups.items():
+        paper = [r for r in parts if r[8]]
+        paper_cell = (verdict(float(paper[0][3].split(" ± ")[0]) - float(paper[0][8]), 0.0)
+                      + (f", {paper[0][1]}" if len(parts) > 1 else "")) if paper else "-"
+        out.append([name, verdict(mean(parts, 3) - mean(parts, 6), 0.005), verdict(mean(parts, 3) - mean(parts, 4), 0.005),
+                    paper_cell])
     return out
 
 
 def main() -> None:
+    global DIGITS
+    if "--targets" in sys.argv[1:]:
+        DIGITS = 6
     rows = [row for model in MODELS for row in rows_for(model)] + loocv_rows()
     if "--readme" in sys.argv[1:]:
         table(README_HEADER, readme_rows(rows))
+        return
+    if "--targets" in sys.argv[1:]:
+        table(TARGETS_HEADER, target_rows(rows))
         return
     table(HEADER, rows)
     samples = ([row for model in MODELS for row in rows_for(model, SAMPLE_ROWS, extra=False)]
