@@ -4,11 +4,60 @@
 #   bash scripts/gpu_train.sh MINUTES RECIPE[:EXTRA-ARGS] ...
 # Each run writes runs/gpu/<recipe>[-baseline]/ (log.csv, curves.png, bundle/); the bundles and logs are
 # packed per recipe and arguments into $OUT/<tag>.tar.gz (the device returns at most 8 files).
+#
+# Or every stage of the two-stage DSSM (issue 12), all five recipes at once, in calls of at most 9 minutes:
+#   bash scripts/gpu_train.sh stages [RECIPE ...]
+# Per recipe: stage 1, the discriminative baseline (as many iterations as the bundled baseline had), then stage 2,
+# the generative half on that frozen baseline (--refiner residual --stage1-dropout 0.2, as many iterations
+# again; STAGE1_ITERATIONS / STAGE2_ITERATIONS override). Each call stops its runs, checkpointed, after
+# CALL_MINUTES (default 8) and packs the bundles and logs so far into $OUT/stages-<recipe>.tar.gz; the same
+# command again resumes every run where it stopped (runs/gpu-stages/ stays on the device while it is warm: make
+# the second call right after the first). Two calls finish all five on one H200.
 set -u
-minutes=$1; shift
 export PYTHONPATH="$PWD/DSSMSegment${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+
+if [ "${1:-}" = stages ]; then
+  shift
+  recipes=("$@"); [ ${#recipes[@]} -gt 0 ] || recipes=(heart-cine-mri left-atrium-lge-mri lungs-cxr skin-lesion-dermoscopy prostate-t2-mri)
+  deadline=$(( $(date +%s) + ${CALL_MINUTES:-8} * 60 ))
+  left() { awk -v d="$deadline" -v n="$(date +%s)" 'BEGIN { printf "%.2f", (d - n) / 60 }'; }  # minutes this call has left
+  time_left() { awk -v m="$(left)" 'BEGIN { exit !(m >= 0.2) }'; }
+  bundled_iterations() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['iterations'])" \
+                           "Baselines/$1-baseline/model.json"; }
+  pids=()
+  for recipe in "${recipes[@]}"; do
+    (
+      run=runs/gpu-stages/$recipe; mkdir -p "$run"
+      n1=${STAGE1_ITERATIONS:-$(bundled_iterations "$recipe")}; n2=${STAGE2_ITERATIONS:-$n1}
+      common=(--recipe "$recipe" --cache "cache/$recipe.npz" --checkpoint-every 2)
+      [ -d "$run/stage1/bundle" ] || ! time_left || python3 -m DSSMSegmentLib.cli train "${common[@]}" --baseline \
+        --iterations "$n1" --stop-after "$(left)" --out "$run/stage1" >>"$run/stage1.out" 2>&1
+      base="$run/stage1/bundle/$recipe-baseline"
+      if [ -d "$base" ] && [ ! -d "$run/stage2/bundle" ] && time_left; then
+        python3 -m DSSMSegmentLib.cli train "${common[@]}" --refiner residual --init-semantic "$base" \
+          --stage1-dropout "${STAGE1_DROPOUT:-0.2}" --iterations "$n2" --stop-after "$(left)" \
+          --out "$run/stage2" >>"$run/stage2.out" 2>&1
+      fi
+      tar czf "$out/stages-$recipe.tar.gz" --exclude=checkpoint.pt -C runs/gpu-stages "$recipe"
+    ) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  for recipe in "${recipes[@]}"; do
+    for stage in stage1 stage2; do
+      log=runs/gpu-stages/$recipe/$stage/log.csv
+      state="not started"; [ -f "$log" ] && state="iteration $(tail -1 "$log" | cut -d, -f1)"
+      [ -d "runs/gpu-stages/$recipe/$stage/bundle" ] && state="done ($state)"
+      echo "$recipe $stage: $state"
+    done
+  done
+  ls -la "$out"
+  exit 0
+fi
+
+minutes=$1; shift
 pids=()
 for spec in "$@"; do
   recipe=${spec%%:*}; extra=""; [[ "$spec" == *:* ]] && extra=${spec#*:}
