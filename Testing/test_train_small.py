@@ -264,7 +264,8 @@ def test_semantic_weights_move_between_a_baseline_and_dssm() -> None:
 
 def test_dssm_starts_from_the_baseline_semantic_module(dssm_run, tmp_path) -> None:
     """``--init-semantic BASELINE``: at learning rate 0 the DSSM bundle's semantic convolutions are the
-    baseline's, the record names the source; a baseline trained on another split is refused in one line."""
+    baseline's, the record names the source; a run on a baseline trained on another split keeps that split
+    (whatever ``--split-seed`` says), and naming one of its training cases for validation is refused in one line."""
     cache = dssm_run / "cache.npz"
     proc = run_dssm(["train", *TINY, "--baseline", "--iterations", "2", "--val-every", "1", "--out", "base",
                      "--cache", cache], cwd=tmp_path)
@@ -290,8 +291,15 @@ def test_dssm_starts_from_the_baseline_semantic_module(dssm_run, tmp_path) -> No
     proc = run_dssm(["train", *TINY, "--baseline", "--split-seed", seed, "--iterations", "1", "--out", "other",
                      "--cache", cache], cwd=tmp_path)
     assert proc.returncode == 0, describe(proc)
-    proc = run_dssm(["train", *TINY, "--init-semantic", tmp_path / "other" / "bundle" / "prostate-t2-mri-baseline",
-                     "--iterations", "1", "--out", "leaky", "--cache", cache], cwd=tmp_path)
+    other = tmp_path / "other" / "bundle" / "prostate-t2-mri-baseline"
+    proc = run_dssm(["train", *TINY, "--init-semantic", other, "--iterations", "1", "--out", "kept", "--cache", cache],
+                    cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    other_split = ModelBundle(other).meta["training"]["split"]
+    assert other_split != bundle.meta["training"]["split"]
+    assert ModelBundle(tmp_path / "kept" / "bundle" / "prostate-t2-mri").meta["training"]["split"] == other_split
+    proc = run_dssm(["train", *TINY, "--init-semantic", other, "--val-patients", other_split["train"][0], "--iterations",
+                     "1", "--out", "leaky", "--cache", cache], cwd=tmp_path)
     assert proc.returncode != 0 and "validation cases" in proc.stderr, describe(proc)
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (tmp_path / "leaky" / "bundle").exists()
