@@ -386,6 +386,13 @@ def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> 
     assert "two-stage DSSM (--refiner residual) only" in assert_one_error_line(proc.returncode, proc.stderr)
 
 
+def test_stage1_dropout_outside_0_to_1_is_refused_by_the_command_line(tmp_path) -> None:
+    proc = run_dssm(["train", *TINY, "--refiner", "residual", "--stage1-dropout", "1.5", "--iterations", "1",
+                     "--out", "run"], cwd=tmp_path)
+    assert proc.returncode == 2 and "argument --stage1-dropout: must be at least 0 and below 1, got 1.5" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_stage1_dropout_makes_first_stage_mistakes_in_training_only() -> None:
     """``--stage1-dropout P``: in a two-stage training pass, half of the batch goes through the frozen baseline with
     whole decoder channels dropped, and its first prediction on a real X-ray then makes mistakes (Dice against the

@@ -35,6 +35,17 @@ def _count(minimum: int):
     return parse
 
 
+def _probability(text: str) -> float:
+    """A probability in [0, 1), for --stage1-dropout."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value:g}")
+    return value
+
+
 def _device(text: str) -> str:
     value = text.strip().lower()
     if value == "gpu":
@@ -128,7 +139,7 @@ def _add_train(sub) -> None:
                    help="DSSM's output: 'bayes', the Bayesian head's posterior, trained end to end; 'residual', a "
                         "two-stage DSSM: the generative half trains on top of the frozen --init-semantic baseline and "
                         "corrects its logits, so that K = 0 is exactly that baseline")
-    p.add_argument("--stage1-dropout", type=float, default=0.0, metavar="P",
+    p.add_argument("--stage1-dropout", type=_probability, default=0.0, metavar="P",
                    help="two-stage DSSM: for half of each batch, drop whole channels of the frozen first stage's "
                         "decoder with probability P, so that stage 2 learns from first-stage mistakes (which the first "
                         "stage rarely makes on its own training images)")
