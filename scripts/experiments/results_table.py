@@ -1,6 +1,7 @@
 """Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
 
-With --targets, issue 12's targets model by model (DSSM against its baseline, against K = 0 and
+With --two-stage, the two-stage DSSM's CPU runs on the left atrium at each K. With --targets, issue 12's
+targets model by model (DSSM against its baseline, against K = 0 and
 against the paper). Otherwise prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
 slice, each model before and after the same extra CPU training for DSSM and its baseline
@@ -218,8 +219,29 @@ def target_rows(rows):
     return out
 
 
+# --two-stage: the two-stage DSSM's CPU runs on the left atrium (docs/models.md), at each K, plain and with
+# --stage1-dropout; K = 0 is the frozen baseline itself (results/left-atrium-lge-mri/two-stage-cpu/)
+TWO_STAGE = ROOT / "left-atrium-lge-mri" / "two-stage-cpu"
+
+
+def two_stage_rows():
+    out = []
+    for k in (0, 1, 2, 4, 8):
+        cells = []
+        for suffix in ("", "-stage1-dropout"):
+            report = load(TWO_STAGE / (f"K{k}" if k == 0 else f"K{k}{suffix}") / "metrics.json")
+            s = report["summary"]["left atrium"] if report else None
+            cells += [fmt(s["dice"]), fmt(s["hd95_mm"], 2)] if s else ["n/a", "n/a"]
+        out.append([f"K = {k}" + (" (the frozen baseline)" if k == 0 else ""), *cells])
+    return out
+
+
 def main() -> None:
     global DIGITS
+    if "--two-stage" in sys.argv[1:]:
+        table(["left atrium, 6 validation volumes", "two-stage DSSM: Dice", "HD95 (mm)",
+               "with --stage1-dropout 0.2: Dice", "HD95 (mm)"], two_stage_rows())
+        return
     if "--targets" in sys.argv[1:]:
         DIGITS = 6
     rows = [row for model in MODELS for row in rows_for(model)] + loocv_rows()
