@@ -218,6 +218,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     """Train (or resume) a model; returns the bundle folder when the budget is done, else None."""
     if cfg.iterations <= 0 and cfg.minutes <= 0:
         raise DSSMError("give a training budget: --iterations N or --minutes M")
+    if cfg.stage1_dropout:  # checked before the cache is built: a two-stage run's option only
+        refiner = ModelBundle(Path(cfg.init)).architecture.refiner if cfg.init is not None else cfg.refiner
+        if cfg.kind != "dssm" or refiner != "residual":
+            raise DSSMError("--stage1-dropout is for a two-stage DSSM (--refiner residual) only")
+        if not 0.0 <= cfg.stage1_dropout < 1.0:
+            raise DSSMError(f"--stage1-dropout must be in [0, 1), not {cfg.stage1_dropout:g}")
     recipe = get_recipe(cfg.recipe)
     world, rank, device = _setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + rank)
@@ -254,10 +260,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     if two_stage and source is None and not cfg.init_semantic:
         raise DSSMError("a two-stage DSSM (--refiner residual) trains on top of a trained discriminative baseline: "
                         "pass --init-semantic BASELINE_BUNDLE (e.g. Baselines/RECIPE-baseline)")
-    if cfg.stage1_dropout and not two_stage:
-        raise DSSMError("--stage1-dropout is for a two-stage DSSM (--refiner residual) only")
-    if not 0.0 <= cfg.stage1_dropout < 1.0:
-        raise DSSMError(f"--stage1-dropout must be in [0, 1), not {cfg.stage1_dropout:g}")
     if cfg.widths:
         arch.widths = tuple(cfg.widths)
     network = build_model(arch).to(device)
