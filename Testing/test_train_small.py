@@ -397,6 +397,7 @@ def test_stage1_dropout_makes_first_stage_mistakes_in_training_only() -> None:
     """``--stage1-dropout P``: in a two-stage training pass, half of the batch goes through the frozen baseline with
     whole decoder channels dropped, and its first prediction on a real X-ray then makes mistakes (Dice against the
     clean prediction drops); the other half, and inference at any K, see the baseline untouched."""
+    _need(CXR)
     baseline = ModelBundle(MODELS.parent.parent.parent / "Baselines" / "lungs-cxr-baseline")
     plain = baseline.load_network(torch.device("cpu"))
     arch = ArchitectureConfig.from_dict(dict(baseline.architecture.to_dict(), kind="dssm", refiner="residual"))

@@ -10,9 +10,11 @@
 # Per recipe: stage 1, the discriminative baseline (as many iterations as the bundled baseline had), then stage 2,
 # the generative half on that frozen baseline (--refiner residual --stage1-dropout 0.2, as many iterations
 # again; STAGE1_ITERATIONS / STAGE2_ITERATIONS override). Each call stops its runs, checkpointed, after
-# CALL_MINUTES (default 8) and packs the bundles and logs so far into $OUT/stages-<recipe>.tar.gz; the same
-# command again resumes every run where it stopped (runs/gpu-stages/ stays on the device while it is warm: make
-# the second call right after the first). Two calls finish all five on one H200.
+# CALL_MINUTES (default 5: two calls and the machine's start fit a 15-minute device budget) and packs the bundles
+# and logs so far into $OUT/stages-<recipe>.tar.gz; the same command again resumes every run where it stopped
+# (runs/gpu-stages/ stays on the device while it is warm: make the second call right after the first). A recipe
+# whose cache/<recipe>.npz is missing is skipped with a message: carry the caches of the recipes named (the five
+# together, 87 MiB, are more than one carry holds; name a group whose caches fit). Not yet tried on a GPU.
 set -u
 export PYTHONPATH="$PWD/DSSMSegment${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -21,13 +23,17 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 if [ "${1:-}" = stages ]; then
   shift
   recipes=("$@"); [ ${#recipes[@]} -gt 0 ] || recipes=(heart-cine-mri left-atrium-lge-mri lungs-cxr skin-lesion-dermoscopy prostate-t2-mri)
-  deadline=$(( $(date +%s) + ${CALL_MINUTES:-8} * 60 ))
+  deadline=$(( $(date +%s) + ${CALL_MINUTES:-5} * 60 ))
   left() { awk -v d="$deadline" -v n="$(date +%s)" 'BEGIN { printf "%.2f", (d - n) / 60 }'; }  # minutes this call has left
-  time_left() { awk -v m="$(left)" 'BEGIN { exit !(m >= 0.2) }'; }
+  time_left() { awk -v m="$(left)" 'BEGIN { exit !(m >= 1) }'; }  # a stage is worth starting with a minute left
   bundled_iterations() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['iterations'])" \
                            "Baselines/$1-baseline/model.json"; }
   pids=()
   for recipe in "${recipes[@]}"; do
+    if [ ! -f "cache/$recipe.npz" ]; then
+      echo "$recipe: skipped, cache/$recipe.npz is missing (build it with dssm cache --recipe $recipe and carry it)"
+      continue
+    fi
     (
       run=runs/gpu-stages/$recipe; mkdir -p "$run"
       n1=${STAGE1_ITERATIONS:-$(bundled_iterations "$recipe")}; n2=${STAGE2_ITERATIONS:-$n1}
@@ -46,6 +52,7 @@ if [ "${1:-}" = stages ]; then
   done
   for p in "${pids[@]}"; do wait "$p"; done
   for recipe in "${recipes[@]}"; do
+    [ -f "cache/$recipe.npz" ] || continue
     for stage in stage1 stage2; do
       log=runs/gpu-stages/$recipe/$stage/log.csv
       state="not started"; [ -f "$log" ] && state="iteration $(tail -1 "$log" | cut -d, -f1)"

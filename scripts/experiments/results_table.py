@@ -195,7 +195,7 @@ def readme_rows(rows):
 # --targets: issue 12's targets, model by model, from the same rows: the mean Dice over a model's structures (per
 # dataset for the skin model) of DSSM at K = 4 against its baseline and against K = 0, and the paper's structure
 TARGETS_HEADER = ["model", "DSSM - baseline (target >= +0.005)", "K = 4 - K = 0 (target >= +0.005)",
-                  "DSSM - paper (target >= 0)"]
+                  "DSSM - paper (target >= 0)"]  # differences of the unrounded means, printed to 4 digits
 
 
 def target_rows(rows):
@@ -207,7 +207,7 @@ def target_rows(rows):
         return float(np.mean([float(r[i].split(" ± ")[0]) for r in parts]))
 
     def verdict(delta, need):
-        return f"{delta:+.3f} ({'met' if delta >= need - 1e-9 else 'not met'})"
+        return f"{delta:+.4f} ({'met' if delta >= need - 1e-9 else 'not met'})"
 
     out = []
     for name, parts in groups.items():
@@ -243,6 +243,8 @@ def main() -> None:
                "with --stage1-dropout 0.2: Dice", "HD95 (mm)"], two_stage_rows())
         return
     if "--targets" in sys.argv[1:]:
+        if "--readme" in sys.argv[1:] or "--two-stage" in sys.argv[1:]:
+            sys.exit("results_table.py: give one of --readme, --targets, --two-stage")
         DIGITS = 6
     rows = [row for model in MODELS for row in rows_for(model)] + loocv_rows()
     if "--readme" in sys.argv[1:]:

@@ -6,8 +6,9 @@ What it measures (issue 5), in one run:
   512x512 chest X-ray (``lungs-cxr``; a real 256x256 Montgomery/Shenzhen image upsampled, since the shared
   copies are 256x256) and a 256x256x20 MRI (the same ACDC volume resampled, same field of view);
 * **methods:** DSSM at each K of ``--steps`` (0, 1, 2, 4, 8, 16), DSSM at its default K with 4 Markov samples
-  per slice (``--samples 4``) and with test-time augmentation (``--tta``; FLOPs count every pass at its
-  zoom), and two references: the discriminative
+  per slice (``--samples 4``), with test-time augmentation (``--tta``; FLOPs count every pass at its
+  zoom) and with the uncertainty map (``--uncertainty``: its chains, the map and its file), and two
+  references: the discriminative
   baseline bundle (``<model>-baseline``) and *naive diffusion sampling* - the same denoiser and schedule
   started from pure noise with 100 DDPM ancestral steps (:func:`.references.naive_diffusion_logits`);
 * **time:** end to end (read -> written mask, exactly what ``dssm segment`` does, through
