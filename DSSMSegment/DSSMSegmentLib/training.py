@@ -218,8 +218,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     """Train (or resume) a model; returns the bundle folder when the budget is done, else None."""
     if cfg.iterations <= 0 and cfg.minutes <= 0:
         raise DSSMError("give a training budget: --iterations N or --minutes M")
+    source = ModelBundle(Path(cfg.init)) if cfg.init is not None else None  # a fine-tune's starting bundle
+    # the bundle whose semantic module this run starts from (--init-semantic; a two-stage DSSM's frozen baseline)
+    semantic_bundle = ModelBundle(Path(cfg.init_semantic)) if cfg.init_semantic else None
     if cfg.stage1_dropout:  # checked before the cache is built: a two-stage run's option only
-        refiner = ModelBundle(Path(cfg.init)).architecture.refiner if cfg.init is not None else cfg.refiner
+        refiner = source.architecture.refiner if source is not None else cfg.refiner
         if cfg.kind != "dssm" or refiner != "residual":
             raise DSSMError("--stage1-dropout is for a two-stage DSSM (--refiner residual) only")
         if not 0.0 <= cfg.stage1_dropout < 1.0:
@@ -243,12 +246,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     data = load_cache(cache_path)
     patients = sorted(set(data.patients.tolist()))
     groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
-    source = ModelBundle(Path(cfg.init)) if cfg.init is not None else None  # a fine-tune's starting bundle
     source_training = source.meta.get("training", {}) if source is not None else {}
-    # a fine-tune keeps its source's split, and a run on another bundle's semantic module (--init-semantic: a
-    # two-stage DSSM's frozen baseline) keeps that bundle's, so that no case it trained on is validated on
-    split_source = source_training or (ModelBundle(Path(cfg.init_semantic)).meta.get("training", {})
-                                       if cfg.init_semantic else {})
+    # a fine-tune keeps its source's split, and a run on another bundle's semantic module keeps that bundle's, so
+    # that no case it trained on is validated on
+    split_source = source_training or (semantic_bundle.meta.get("training", {}) if semantic_bundle else {})
     split, split_seed = training_split(cfg, recipe, patients, groups, split_source)
     train_data, val_data = data.subset(split["train"]), data.subset(split["val"])
     if len(train_data.images) == 0:
@@ -270,7 +271,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         network = network.to(memory_format=torch.channels_last)
     if source is not None:
         network.load_state_dict(source.load_network(device).state_dict())
-    semantic_source = _load_semantic_source(cfg, network, split, device) if cfg.init_semantic else None
+    semantic_source = _load_semantic_source(cfg, semantic_bundle, network, split, device) if semantic_bundle else None
     step_module = TrainStep(network, cfg.likelihood_weight)
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
@@ -445,11 +446,11 @@ def _validate_and_log(cfg, network, ema, val_data, arch, device, state, losses, 
                                + [f"{_samples_per_second(state):.2f}"])
 
 
-def _load_semantic_source(cfg: TrainConfig, network: nn.Module, split: dict, device) -> ModelBundle:
+def _load_semantic_source(cfg: TrainConfig, bundle: ModelBundle, network: nn.Module, split: dict,
+                          device) -> ModelBundle:
     """``--init-semantic``: load the semantic module and pixel classifier of another bundle of the same recipe
     (typically the trained discriminative baseline: discriminative pretraining of DSSM's semantic module).
     Refused if that bundle was trained on any of this run's validation cases."""
-    bundle = ModelBundle(Path(cfg.init_semantic))
     record = bundle.meta.get("training", {})
     if record.get("recipe") != cfg.recipe:
         raise DSSMError(f"--init-semantic {cfg.init_semantic}: trained with recipe '{record.get('recipe')}', "
