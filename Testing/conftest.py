@@ -59,9 +59,10 @@ def subprocess_env() -> dict:
     return env
 
 
-def run_dssm(args: Sequence[str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    """Run ``dssm ARGS`` as a user would, in its own process; returns the completed process (text)."""
-    return subprocess.run(dssm_command() + [str(a) for a in args], cwd=str(cwd), env=subprocess_env(),
+def run_dssm(args: Sequence[str], cwd: Path, timeout: float = 400, env: dict = None) -> subprocess.CompletedProcess:
+    """Run ``dssm ARGS`` as a user would, in its own process (``env``: more environment variables); returns the
+    completed process (text)."""
+    return subprocess.run(dssm_command() + [str(a) for a in args], cwd=str(cwd), env={**subprocess_env(), **(env or {})},
                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
 
 
