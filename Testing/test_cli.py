@@ -153,3 +153,24 @@ def test_dssm_models_json(capfd) -> None:
         assert labels == {lab["value"]: lab["name"] for lab in meta["labels"]}
         assert listed[name]["kind"] == "dssm"
     assert listed["skin-lesion-dermoscopy"]["modality"] == "dermoscopy"
+
+
+def test_evaluate_on_two_datasets_says_which_case_is_from_which(tmp_path) -> None:
+    """``dssm evaluate A+B`` scores each dataset on its own and lists each dataset's cases in metrics.json
+    (``cases_by_dataset``), so that case-by-case comparisons (scripts/experiments/where_k_helps.py) can keep
+    them apart. The skin model's 27 PH2 validation images come first, then 2 of ISIC 2018's."""
+    from conftest import DATA, ISIC
+
+    _need(ISIC)
+    _need(DATA / "ph2")
+    proc = run_dssm(["evaluate", "ph2+isic2018", "--model", "skin-lesion-dermoscopy", "--steps", "0", "--limit", "29",
+                     "-o", "out"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    cases = report["cases_by_dataset"]
+    assert {name: len(ids) for name, ids in cases.items()} == {"ph2": 27, "isic2018": 2}
+    assert sorted(cases["ph2"] + cases["isic2018"]) == sorted(report["per_case"])
+    assert all(c.startswith("IMD") for c in cases["ph2"]) and all(c.startswith("ISIC_") for c in cases["isic2018"])
+    for name, ids in cases.items():
+        mean = float(np.mean([report["per_case"][c]["skin lesion"]["dice"] for c in ids]))
+        assert abs(report["by_dataset"][name]["skin lesion"]["dice"]["mean"] - mean) < 1e-9

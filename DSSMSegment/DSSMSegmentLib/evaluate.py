@@ -100,6 +100,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
                              "median": float(np.median(list(seconds.values())))},
         "summary": summarize(per_case),
         "by_dataset": {name: summarize(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
+        "cases_by_dataset": {name: list(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
         "per_case": {cid: {s: vars(m) for s, m in res.items()} for cid, res in per_case.items()},
     }
     if uncertainty:
