@@ -1,6 +1,6 @@
 """Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
 
-With --two-stage, the two-stage DSSM's CPU runs on the left atrium at each K. With --targets, issue 12's
+With --two-stage, the two-stage DSSM's CPU runs (left atrium, skin, heart) at each K. With --targets, issue 12's
 targets model by model (DSSM against its baseline, against K = 0 and
 against the paper). Otherwise prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
@@ -219,28 +219,40 @@ def target_rows(rows):
     return out
 
 
-# --two-stage: the two-stage DSSM's CPU runs on the left atrium (docs/models.md), at each K, plain and with
-# --stage1-dropout; K = 0 is the frozen baseline itself (results/left-atrium-lge-mri/two-stage-cpu/)
-TWO_STAGE = ROOT / "left-atrium-lge-mri" / "two-stage-cpu"
+# --two-stage: the two-stage DSSM's CPU runs (docs/models.md), mean Dice at each K; K = 0 is the frozen baseline
+# itself. results/<model>/two-stage-cpu/K<K><suffix>/ ("-stage1-dropout": the run with --stage1-dropout 0.2)
+TWO_STAGE_RUNS = (("left-atrium-lge-mri", "", "plain"), ("left-atrium-lge-mri", "-stage1-dropout", "--stage1-dropout 0.2"),
+                  ("skin-lesion-dermoscopy", "", "plain"), ("heart-cine-mri", "", "plain"))
+TWO_STAGE_K = (0, 1, 2, 4, 8)
 
 
 def two_stage_rows():
     out = []
-    for k in (0, 1, 2, 4, 8):
-        cells = []
-        for suffix in ("", "-stage1-dropout"):
-            report = load(TWO_STAGE / (f"K{k}" if k == 0 else f"K{k}{suffix}") / "metrics.json")
-            s = report["summary"]["left atrium"] if report else None
-            cells += [fmt(s["dice"]), fmt(s["hd95_mm"], 2)] if s else ["n/a", "n/a"]
-        out.append([f"K = {k}" + (" (the frozen baseline)" if k == 0 else ""), *cells])
+    for model, suffix, run in TWO_STAGE_RUNS:
+        folder = ROOT / model / "two-stage-cpu"
+        reports = {k: load(folder / ("K0" if k == 0 else f"K{k}{suffix}") / "metrics.json") for k in TWO_STAGE_K}
+        if not any(reports.values()):
+            continue
+        first = next(r for r in reports.values() if r)
+        groups = list(first["by_dataset"]) if first.get("by_dataset") else [None]
+        for dataset in groups:
+            for structure in (first["by_dataset"][dataset] if dataset else first["summary"]):
+                def dice(report):
+                    if not report:
+                        return "n/a"
+                    s = report["by_dataset"][dataset] if dataset else report["summary"]
+                    return fmt(s[structure]["dice"])
+                n = (first["by_dataset"][dataset] if dataset else first["summary"])[structure]["dice"]["n"]
+                name = f"{model} ({dataset or structure}, {n})"
+                out.append([name, run, *(dice(reports[k]) for k in TWO_STAGE_K)])
     return out
 
 
 def main() -> None:
     global DIGITS
     if "--two-stage" in sys.argv[1:]:
-        table(["left atrium, 6 validation volumes", "two-stage DSSM: Dice", "HD95 (mm)",
-               "with --stage1-dropout 0.2: Dice", "HD95 (mm)"], two_stage_rows())
+        table(["model (validation cases)", "stage-2 run", *(f"K = {k}" + (" (the frozen baseline)" if k == 0 else "")
+                                                         for k in TWO_STAGE_K)], two_stage_rows())
         return
     if "--targets" in sys.argv[1:]:
         if "--readme" in sys.argv[1:] or "--two-stage" in sys.argv[1:]:
