@@ -1,4 +1,4 @@
-"""Makes the numbers behind --stage1-dropout (docs/models.md, "Two-stage DSSM: two runs on the CPU"): how
+"""Makes the numbers behind --stage1-dropout (docs/models.md, "Two-stage DSSM: runs on the CPU"): how
 accurate a frozen first stage (the bundled baseline) is on its own training slices against its validation slices,
 and on the training slices with channel dropout at each rate (SemanticUNet(..., dropout=...), as stage-2 training
 runs it for half of each batch).

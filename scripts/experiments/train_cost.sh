@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Makes results/train-cost/cpu.md: docs/training.md's table "Seconds per training sample on this CPU".
+# Makes results/train-cost/cpu.md: the seconds per training sample in the README's "How far DSSM gets".
 #
 # For each recipe: ITERATIONS iterations (batch BATCH) of stage 1 (the discriminative baseline, trained from
 # scratch), of stage 2 (the two-stage DSSM's generative half on the frozen bundled baseline,
-# --refiner residual), and of the end-to-end DSSM the bundled models are (for comparison), on the CPU with THREADS threads; the speed is the training loop's own count (log.csv,
-# samples_per_second: forward, backward and optimiser step, augmentation included; validation not). Run it with
-# nothing else on the machine. Caches are built first if missing (cache/RECIPE.npz).
+# --refiner residual), and of the end-to-end DSSM the bundled models are (for comparison), on the CPU with
+# THREADS threads; the speed is the training loop's own count (log.csv, samples_per_second: forward, backward and
+# optimiser step, augmentation included; validation not), with dssm train's defaults (channels-last, not
+# compiled). Run it with nothing else on the machine. Caches are built first if missing (cache/RECIPE.npz).
 #   bash scripts/experiments/train_cost.sh [RECIPE ...]   (default: all five; the table lists every recipe measured)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
