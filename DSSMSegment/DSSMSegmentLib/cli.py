@@ -144,9 +144,9 @@ def _add_train(sub) -> None:
                         "decoder with probability P, so that stage 2 learns from first-stage mistakes (which the first "
                         "stage rarely makes on its own training images)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training step: about 2x faster for a two-stage DSSM's stage 2 on the CPU "
-                        "(results/train-cost/speedups.md), after a minute or two of compiling at each start; needs a "
-                        "C++ compiler (without one, the run goes on uncompiled)")
+                   help="torch.compile the training step: a two-stage DSSM's stage 2 trains 1.2-1.6x faster on the CPU "
+                        "(results/train-cost/speedups.md; a baseline gains nothing), after a minute or two of "
+                        "compiling at each start; needs a C++ compiler (without one, the run goes on uncompiled)")
     p.add_argument("--likelihood-loss", type=float, default=0.0,
                    help="DSSM: weight of an extra loss on the Bayesian head's likelihood alone, without its prior")
     p.add_argument("--install", action="store_true", help="copy the bundle to ~/.dssm/models when done")

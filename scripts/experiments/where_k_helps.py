@@ -24,6 +24,10 @@ def main() -> None:
         sys.exit(__doc__)
     first, second = (json.loads((Path(arg) / "metrics.json").read_text(encoding="utf-8")) for arg in sys.argv[1:])
     datasets = first.get("by_dataset") or {None: first["summary"]}
+    for arg, report in zip(sys.argv[1:], (first, second)):
+        if report.get("by_dataset") and not report.get("cases_by_dataset"):
+            sys.exit(f"{arg}/metrics.json does not say which case is from which dataset (written before dssm "
+                     "evaluate recorded it): run its dssm evaluate again")
     print(f"{sys.argv[1]} -> {sys.argv[2]}\n")
     print("| dataset | structure | cases | gain > 0.01 | loss > 0.01 | median change | mean change | "
           f"failures (Dice < {FAIL}) before -> after | mean change from the failures | from the rest |")
@@ -43,8 +47,6 @@ def main() -> None:
 
 
 def _cases_of(report: dict, dataset: str) -> set:
-    if dataset not in report.get("cases_by_dataset", {}):
-        sys.exit("this metrics.json does not say which case is from which dataset: run its dssm evaluate again")
     return set(report["cases_by_dataset"][dataset])
 
 
