@@ -280,7 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         step_module = nn.parallel.DistributedDataParallel(step_module, device_ids=[device] if device.type == "cuda" else None)
     # --compile: compiled on the first step (a minute or two, again at each resume); if compiling fails (no C++
     # compiler, an unsupported operation), the run goes on uncompiled, with a note
-    compiled = torch.compile(step_module) if cfg.compile else None
+    forward = torch.compile(step_module) if cfg.compile else step_module
     compile_tried = False
     if two_stage:  # stage 2: the first stage (the baseline's semantic module and head) stays as it is
         for module in (network.semantic, network.first_head):
@@ -354,11 +354,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(fraction_done())
         with autocast:
-            if compiled is not None and not compile_tried:
-                loss, compiled = _first_compiled_step(compiled, step_module, x, y, rank == 0 and progress)
+            if forward is not step_module and not compile_tried:
+                loss, forward = _first_compiled_step(forward, step_module, x, y, rank == 0 and progress)
                 compile_tried = True
             else:
-                loss = (compiled if compiled is not None else step_module)(x, y)
+                loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 5.0)
@@ -416,7 +416,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         semantic_training = semantic_source.meta.get("training", {}) if semantic_source is not None else {}
         bundle_dir = _write_bundle(cfg, recipe, arch, prep, ema, split, split_seed, source_training,
                                    semantic_training, state, log_path, device, world,
-                                   compiled=compiled is not None and compile_tried)
+                                   compiled=forward is not step_module and compile_tried)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -424,16 +424,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
 
 
 def _first_compiled_step(compiled, eager, x: torch.Tensor, y: torch.Tensor, tell: bool):
-    """The first training step through the compiled module, which compiles it: ``(loss, compiled)``. If compiling
-    fails, the step runs on the eager module, a one-line note says so, and ``(loss, None)`` is returned: the run goes
-    on uncompiled instead of stopping."""
+    """The first training step through the compiled module, which compiles it: ``(loss, module for the next steps)``.
+    If compiling fails, the step runs on the eager module, a one-line note says so, and the eager module is returned:
+    the run goes on uncompiled instead of stopping."""
     try:
         return compiled(x, y), compiled
     except Exception as exc:  # torch's compiler errors share no base class
         if tell:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             print(f"dssm: note: --compile failed ({type(exc).__name__}: {first}); training without it")
-        return eager(x, y), None
+        return eager(x, y), eager
 
 
 def _ema_network(arch: ArchitectureConfig, ema: EMA, device: torch.device) -> nn.Module:

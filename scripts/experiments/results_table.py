@@ -67,6 +67,11 @@ def load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def summary_of(report: dict, dataset):
+    """A ``dssm evaluate`` report's per-structure summary: of one dataset, or of all cases (``dataset`` None)."""
+    return report["by_dataset"][dataset] if dataset else report["summary"]
+
+
 def rows_for(model: str, rows=ROWS, extra=True):
     """One line per structure (and dataset) of ``model``: the Dice of each of ``rows``; with ``extra``, the
     paper and the HD95 columns of the main table."""
@@ -77,14 +82,13 @@ def rows_for(model: str, rows=ROWS, extra=True):
     groups = [(name, None) for name in k4["by_dataset"]] if k4.get("by_dataset") else [(None, None)]
     out = []
     for dataset, _ in groups:
-        summary = k4["by_dataset"][dataset] if dataset else k4["summary"]
+        summary = summary_of(k4, dataset)
         for structure in summary:
             def pick(row, key="dice"):
                 report = reports[row]
                 if not report:
                     return None
-                s = report["by_dataset"][dataset] if dataset else report["summary"]
-                return s.get(structure, {}).get(key)
+                return summary_of(report, dataset).get(structure, {}).get(key)
             name = model + (f" ({dataset})" if dataset else "")
             if not extra:
                 out.append([name, structure, *(fmt(pick(row)) for row in rows)])
@@ -236,13 +240,10 @@ def two_stage_rows():
         first = next(r for r in reports.values() if r)
         groups = list(first["by_dataset"]) if first.get("by_dataset") else [None]
         for dataset in groups:
-            for structure in (first["by_dataset"][dataset] if dataset else first["summary"]):
+            for structure, stats in summary_of(first, dataset).items():
                 def dice(report):
-                    if not report:
-                        return "n/a"
-                    s = report["by_dataset"][dataset] if dataset else report["summary"]
-                    return fmt(s[structure]["dice"])
-                n = (first["by_dataset"][dataset] if dataset else first["summary"])[structure]["dice"]["n"]
+                    return fmt(summary_of(report, dataset)[structure]["dice"]) if report else "n/a"
+                n = stats["dice"]["n"]
                 name = f"{model} ({dataset or structure}, {n})"
                 out.append([name, run, *(dice(reports[k]) for k in TWO_STAGE_K)])
     return out

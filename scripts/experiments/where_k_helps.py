@@ -33,9 +33,9 @@ def main() -> None:
           f"failures (Dice < {FAIL}) before -> after | mean change from the failures | from the rest |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for dataset, summary in datasets.items():
+        members = set(first["cases_by_dataset"][dataset]) if dataset else set(first["per_case"])
         for structure in summary:
-            ids = [c for c, v in first["per_case"].items() if structure in v and c in second["per_case"]
-                   and (dataset is None or c in _cases_of(first, dataset))]
+            ids = [c for c, v in first["per_case"].items() if structure in v and c in second["per_case"] and c in members]
             a = np.array([first["per_case"][c][structure]["dice"] for c in ids], dtype=float)
             b = np.array([second["per_case"][c][structure]["dice"] for c in ids], dtype=float)
             keep = ~(np.isnan(a) | np.isnan(b))
@@ -44,10 +44,6 @@ def main() -> None:
             print(f"| {dataset or '-'} | {structure} | {n} | {(d > 0.01).sum()} | {(d < -0.01).sum()} | "
                   f"{np.median(d):+.4f} | {d.mean():+.4f} | {fails.sum()} -> {(b < FAIL).sum()} | "
                   f"{d[fails].sum() / n:+.4f} | {d[~fails].sum() / n:+.4f} |")
-
-
-def _cases_of(report: dict, dataset: str) -> set:
-    return set(report["cases_by_dataset"][dataset])
 
 
 if __name__ == "__main__":
