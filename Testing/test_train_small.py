@@ -7,7 +7,10 @@ import csv
 import hashlib
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import (CXR, MODELS, PROSTATE, _need, assert_one_error_line, crop_slices, describe, run_dssm,
-                      same_grid)
+                      same_grid, subprocess_env)
 from DSSMSegmentLib import cli
 from DSSMSegmentLib.bundle import ModelBundle
 from DSSMSegmentLib.datasets import load_cache
@@ -222,6 +225,37 @@ def test_compile_without_a_cpp_compiler_trains_on_uncompiled_with_a_note(dssm_ru
     assert "Traceback" not in proc.stdout + proc.stderr, describe(proc)
     bundle = ModelBundle(tmp_path / "run" / "bundle" / "prostate-t2-mri-baseline")
     assert bundle.meta["training"]["compiled"] is False and bundle.meta["training"]["iterations"] == 2
+
+
+def test_a_webp_cache_holds_the_same_slices_as_the_jpeg_one_in_a_third_of_the_space(dssm_run, tmp_path) -> None:
+    """The compact cache that carries training data to a GPU host (scripts/gpu_train.sh caches): lossy, but its
+    slices differ from the JPEG cache's by about the training augmentation's noise, and the labels are exact."""
+    proc = run_dssm(["cache", "--recipe", "prostate-t2-mri", "--encoding", "webp", "--out", "webp.npz"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    jpeg, webp = load_cache(dssm_run / "cache.npz"), load_cache(tmp_path / "webp.npz")
+    assert webp.images.shape == jpeg.images.shape and webp.images.shape[1] == 1  # grey, though WebP decodes as RGB
+    assert np.array_equal(webp.labels, jpeg.labels) and np.array_equal(webp.case_ids, jpeg.case_ids)
+    difference = np.abs(webp.images.astype(np.float32) - jpeg.images.astype(np.float32))
+    assert 0 < float(difference.mean()) < 0.1, float(difference.mean())  # z units; augmentation's noise sd is up to 0.1
+    assert (tmp_path / "webp.npz").stat().st_size < 0.6 * (dssm_run / "cache.npz").stat().st_size
+
+
+def test_training_from_a_cache_needs_neither_simpleitk_nor_medpy(dssm_run, tmp_path) -> None:
+    """The lent GPU host has PyTorch but neither SimpleITK nor medpy (and nothing can be installed from the net
+    there): training from a carried cache must not import them."""
+    blocked = tmp_path / "blocked"
+    (blocked / "medpy").mkdir(parents=True)
+    for module in (blocked / "SimpleITK.py", blocked / "medpy" / "__init__.py"):
+        module.write_text("raise ImportError('not installed on the GPU host')\n")
+    env = {"PYTHONPATH": subprocess_env()["PYTHONPATH"] + os.pathsep + str(blocked)}
+    proc = run_dssm(["train", *TINY, "--baseline", "--iterations", "1", "--val-every", "1", "--out", "run",
+                     "--cache", dssm_run / "cache.npz"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, describe(proc)
+    assert (tmp_path / "run" / "bundle" / "prostate-t2-mri-baseline" / "model.safetensors").is_file()
+    for module in ("SimpleITK", "medpy.metric"):  # the block holds: neither can be imported in that environment
+        probe = subprocess.run([sys.executable, "-c", f"import {module}"], env={**subprocess_env(), **env},
+                               capture_output=True, text=True)
+        assert probe.returncode != 0 and "not installed on the GPU host" in probe.stderr, probe.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")

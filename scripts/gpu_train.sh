@@ -13,9 +13,32 @@
 # CALL_MINUTES (default 5: two calls and the machine's start fit a 15-minute device budget) and packs the bundles
 # and logs so far into $OUT/stages-<recipe>.tar.gz; the same command again resumes every run where it stopped
 # (runs/gpu-stages/ stays on the device while it is warm: make the second call right after the first). A recipe
-# whose cache/<recipe>.npz is missing is skipped with a message: carry the caches of the recipes named (the five
-# together, 87 MiB, are more than one carry holds; name a group whose caches fit). Not yet tried on a GPU.
+# trains from cache/<recipe>.npz or cache/*/<recipe>.npz, and is skipped with a message when neither was carried.
+# The five caches do not fit one call's 64 MiB working tree, so the calls carry them in two halves (WebP caches,
+# docs/training.md "On a lent GPU"): call 1 starts the first half, call 2 resumes it and starts the second.
+# Not yet tried on a GPU.
+#
+# Here, where the data is, first: bash scripts/gpu_train.sh caches
+# builds those halves, cache/gpu-call1/ (skin, lungs, prostate) and cache/gpu-call2/ (heart, left atrium), and
+# checks that each fits a call beside the repository; then, with the device tool:
+#   run(command="bash scripts/gpu_train.sh stages", carry=["cache/gpu-call1"], timeout_s=420)
+#   run(command="bash scripts/gpu_train.sh stages", carry=["cache/gpu-call2"], timeout_s=420)   # at once
 set -u
+if [ "${1:-}" = caches ]; then
+  DSSM=${DSSM:-.venv/bin/dssm}
+  build() { $DSSM cache --recipe "$2" --encoding "$3" --out "cache/gpu-$1/$2.npz" || exit 1; }
+  build call1 skin-lesion-dermoscopy webp:70; build call1 lungs-cxr webp; build call1 prostate-t2-mri webp
+  build call2 heart-cine-mri webp; build call2 left-atrium-lge-mri webp
+  # what travels in a call: tracked and untracked-not-ignored files, plus the carried half (at most 64 MiB)
+  tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 stat -c %s | awk '{s+=$1} END {print s}')
+  status=0
+  for half in cache/gpu-call1 cache/gpu-call2; do
+    size=$(( tree + $(du -sb "$half" | cut -f1) ))
+    awk -v s="$size" -v h="$half" 'BEGIN { printf "%s: the call sends %.1f MiB of 64\n", h, s / 1048576 }'
+    [ "$size" -le $(( 64 * 1048576 )) ] || { echo "$half: over the device's 64 MiB" >&2; status=1; }
+  done
+  exit $status
+fi
 export PYTHONPATH="$PWD/DSSMSegment${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
@@ -28,16 +51,17 @@ if [ "${1:-}" = stages ]; then
   time_left() { awk -v m="$(left)" 'BEGIN { exit !(m >= 1) }'; }  # a stage is worth starting with a minute left
   bundled_iterations() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['iterations'])" \
                            "Baselines/$1-baseline/model.json"; }
+  cache_of() { ls cache/"$1".npz cache/*/"$1".npz 2>/dev/null | head -1; }
   pids=()
   for recipe in "${recipes[@]}"; do
-    if [ ! -f "cache/$recipe.npz" ]; then
-      echo "$recipe: skipped, cache/$recipe.npz is missing (build it with dssm cache --recipe $recipe and carry it)"
+    if [ -z "$(cache_of "$recipe")" ]; then
+      echo "$recipe: skipped, no cache/$recipe.npz or cache/*/$recipe.npz (build it with dssm cache --recipe $recipe and carry it)"
       continue
     fi
     (
       run=runs/gpu-stages/$recipe; mkdir -p "$run"
       n1=${STAGE1_ITERATIONS:-$(bundled_iterations "$recipe")}; n2=${STAGE2_ITERATIONS:-$n1}
-      common=(--recipe "$recipe" --cache "cache/$recipe.npz" --checkpoint-every 2)
+      common=(--recipe "$recipe" --cache "$(cache_of "$recipe")" --checkpoint-every 2)
       [ -d "$run/stage1/bundle" ] || ! time_left || python3 -m DSSMSegmentLib.cli train "${common[@]}" --baseline \
         --iterations "$n1" --stop-after "$(left)" --out "$run/stage1" >>"$run/stage1.out" 2>&1
       base="$run/stage1/bundle/$recipe-baseline"
@@ -52,7 +76,7 @@ if [ "${1:-}" = stages ]; then
   done
   for p in "${pids[@]}"; do wait "$p"; done
   for recipe in "${recipes[@]}"; do
-    [ -f "cache/$recipe.npz" ] || continue
+    [ -n "$(cache_of "$recipe")" ] || continue
     for stage in stage1 stage2; do
       log=runs/gpu-stages/$recipe/$stage/log.csv
       state="not started"; [ -f "$log" ] && state="iteration $(tail -1 "$log" | cut -d, -f1)"

@@ -217,15 +217,15 @@ def _encode(q: np.ndarray, encoding: str):
     """One quantised slice (C, H, W) uint8 -> stored form."""
     if encoding == "raw":
         return q
-    if encoding.startswith("jpeg"):  # "jpeg" (quality 95) or "jpeg:QUALITY"
+    kind, _, quality = encoding.partition(":")
+    if kind in ("jpeg", "webp"):  # "jpeg" (quality 95), "webp" (quality 80), or either with ":QUALITY"
         from PIL import Image
 
-        quality = int(encoding.partition(":")[2] or 95)
         buf = io.BytesIO()
         img = Image.fromarray(np.moveaxis(q, 0, -1) if q.shape[0] == 3 else q[0])
-        img.save(buf, format="JPEG", quality=quality)
+        img.save(buf, format=kind.upper(), quality=int(quality or (95 if kind == "jpeg" else 80)))
         return np.frombuffer(buf.getvalue(), dtype=np.uint8)
-    raise ValueError(f"unknown cache encoding {encoding!r}")
+    raise ValueError(f"unknown cache encoding {encoding!r} (expected raw, jpeg[:QUALITY] or webp[:QUALITY])")
 
 
 @dataclass
@@ -253,7 +253,8 @@ def load_cache(path: Path) -> CachedData:
         else:
             from PIL import Image
 
-            decoded = [np.asarray(Image.open(io.BytesIO(b.tobytes()))) for b in z["images_encoded"]]
+            mode = "L" if int(z["in_channels"]) == 1 else "RGB"  # WebP decodes a grey image as RGB
+            decoded = [np.asarray(Image.open(io.BytesIO(b.tobytes())).convert(mode)) for b in z["images_encoded"]]
             q = np.stack([np.moveaxis(d, -1, 0) if d.ndim == 3 else d[None] for d in decoded])
         images = (q.astype(np.float32) / 255.0) * (lo_hi[:, 1] - lo_hi[:, 0])[:, None, None, None] \
             + lo_hi[:, 0][:, None, None, None]

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imageio import spacing_zyx, to_channels
 from .plan import Preprocessing  # noqa: F401  (re-exported: the recorded preprocessing decisions)
 
 
@@ -61,6 +60,8 @@ def prepare_slices(image, prep: Preprocessing, in_channels: int, name: str = "im
     """Check an image (SimpleITK) and cut it into normalised slices as the model expects, for inference and for
     the training cache alike: (slices (S, C, H, W) float32, the slice axis, the in-plane size the network
     works at)."""
+    from .imageio import spacing_zyx, to_channels  # SimpleITK, which training from a cache does not need
+
     array = to_channels(image, in_channels, name)
     spacing = spacing_zyx(image)
     axis = slice_axis(spacing, array.shape[1:])
