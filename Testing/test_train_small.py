@@ -420,6 +420,33 @@ def test_two_stage_dssm_at_k0_is_its_baseline_and_starts_as_it_at_any_k() -> Non
                               expected + torch.tensor([0.0, 1.0])[:, None, None], atol=1e-5)
 
 
+def test_two_stage_inference_computes_what_the_training_pieces_compute() -> None:
+    """The inference path of a two-stage DSSM (the residual head's input layer split by input, its label part run
+    at quarter resolution, chunked; ``DSSM._fused_correction``) gives the logits of the reference composition
+    that training differentiates (``_forward_reference``: ``denoise``, ``label_features``, ``correction``), for a
+    generative half with non-zero weights."""
+    baseline = ModelBundle(MODELS.parent.parent.parent / "Baselines" / "lungs-cxr-baseline")
+    arch = ArchitectureConfig.from_dict(dict(baseline.architecture.to_dict(), kind="dssm", refiner="residual"))
+    net = build_model(arch)
+    load_semantic_state(net, semantic_state(baseline.load_network(torch.device("cpu"))))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in (net.residual, net.label_features):
+            for p in module.parameters():
+                p.normal_(0, 0.3)
+    net.eval()
+    x = torch.from_numpy(np.array(Image.open(CXR / "images" / "MCUCXR_0006_0.png").convert("F"))[None, None])
+    x = torch.cat([x, x.flip(-1)])
+    x = (x - x.mean()) / x.std()
+    with torch.no_grad():
+        reference = net._forward_reference(x, 2, [torch.Generator().manual_seed(i) for i in range(2)])
+        fast = net(x, steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+        first = net(x, steps=0)
+    assert float((reference - first).abs().max()) > 0.5  # the correction is not negligible here
+    assert float((fast - reference).abs().max()) < 1e-3
+    assert float((fast.argmax(1) == reference.argmax(1)).float().mean()) > 0.9999
+
+
 def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> None:
     """``dssm train --refiner residual --init-semantic BASELINE``: the semantic module and its head stay the
     baseline's to the bit (BatchNorm statistics too) while the generative half and the residual head learn; without a

@@ -503,8 +503,8 @@ class DSSM(nn.Module):
         decoded = self.autoencoder.decode(z_hat.to(dtype)).float()
         if self.two_stage:
             temb = self._timestep_embedding_once(torch.zeros(1, dtype=torch.long, device=z_hat.device))
-            label = self.label_features(self.ffm.forward_precomputed(base, z_hat, temb).to(_compute_dtype(base, z_hat)))
-            return first + self.correction(features, label, decoded)
+            cond = self.ffm.forward_precomputed(base, z_hat, temb).to(_compute_dtype(base, z_hat))
+            return first + self._fused_correction(features, cond, decoded)
         return self._refine(features, base, z_hat, torch.log_softmax(decoded, dim=1), typicality)
 
     def _forward_reference(self, x: torch.Tensor, steps: int = 4, generator: Generators = None,
@@ -546,6 +546,50 @@ class DSSM(nn.Module):
             cond, z_first = torch.cat([cond] * samples), torch.cat([z_first] * samples)
         z_all = sampler.run(lambda z, t: denoise(cond, z, t), z_first, generator, step_callback)
         return z_all.view(samples, -1, *z_all.shape[1:])
+
+    def _fused_correction(self, features: torch.Tensor, cond: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """Inference-only form of ``correction(features, label_features(cond), decoded)``, the same arithmetic
+        reorganised as :meth:`BayesianHead.refine` is. The reference concatenates 2D + 2C full-resolution channels
+        and builds the Bayesian head's ``[f*f, f]`` at full resolution for the whole batch, which cost as much as
+        the whole semantic pass on the 2-core CPU. Here:
+
+        * the residual head's first (1x1) layer is split by its inputs. Its label part composed with
+          ``label_features`` (also 1x1) runs on the quarter-resolution ``cond`` and is then upsampled: the same
+          as upsampling first, since bilinear interpolation and a per-pixel affine map commute;
+        * the pixel-feature, decoded-label and likelihood parts are GEMMs over channels-last chunks of slices,
+          with the Bayesian head's likelihood computed in the same chunk, so that nothing of 2D channels at full
+          resolution is written for the whole batch.
+        """
+        b, d, h, w = features.shape
+        c = self.cfg.num_classes
+        reduce = self.residual.body[0]
+        weight = reduce.weight[:, :, 0, 0].float()  # (W, 2D + 2C): features, label, log_softmax(decoded), likelihood
+        w_feat, w_label, w_decoded, w_like = weight.split([d, d, c, c], dim=1)
+        lf = self.label_features
+        w_cond = w_label @ lf.weight[:, :, 0, 0].float()  # (W, quarter channels)
+        label = F.conv2d(cond.float(), w_cond[:, :, None, None], w_label @ lf.bias.float() + reduce.bias.float())
+        q_weight, q_bias = self.bayes._quadratic_form()
+        q_weight, q_bias = q_weight.to(features.device), q_bias.to(features.device)
+        w_feat, w_decoded, w_like = (m.t().contiguous() for m in (w_feat, w_decoded, w_like))
+        q_square, q_linear = q_weight[:d], q_weight[d:]
+        log_decoded = torch.log_softmax(decoded.float(), dim=1)
+        hidden = torch.empty((b, h, w, weight.shape[0]), dtype=torch.float32, device=features.device)
+        step = max(1, min(b, (1 << 16 if features.device.type == "cpu" else 1 << 21) // max(1, h * w)))
+        for i in range(0, b, step):
+            j = min(b, i + step)
+            f = features[i:j].float().permute(0, 2, 3, 1).reshape(-1, d)  # (P, D), a view if channels-last
+            s = f / torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-12)
+            comp = torch.addmm(q_bias, s * s, q_square).addmm_(s, q_linear)  # the head's 1x1 over [f*f, f]
+            like = torch.logsumexp(comp.view(-1, c, self.bayes.components), dim=2)
+            like = like - like.amax(1, keepdim=True)
+            dec = log_decoded[i:j].permute(0, 2, 3, 1).reshape(-1, c)
+            up = F.interpolate(label[i:j], size=(h, w), mode="bilinear", align_corners=False)
+            out = hidden[i:j].view(-1, weight.shape[0])
+            torch.mm(f, w_feat, out=out).addmm_(dec, w_decoded).addmm_(like, w_like)
+            out += up.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
+        x = F.silu(hidden.permute(0, 3, 1, 2))  # channels-last (B, W, H, W) view
+        x = self.residual.body[3](self.residual.body[2](x))  # 3x3, SiLU
+        return self.residual.out(x).float()
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
         """``first_head(leaky_relu(features))`` in float32, slice by slice on CPU so that the activated copy of
