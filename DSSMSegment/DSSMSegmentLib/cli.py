@@ -158,8 +158,9 @@ def _add_cache(sub) -> None:
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None, help="default: cache/RECIPE.npz")
-    p.add_argument("--encoding", default=None, help="raw, jpeg (quality 95), jpeg:QUALITY, webp (quality 80) or webp:QUALITY (default: the "
-                   "recipe's). WebP is lossy and about a third of the size of jpeg: for carrying caches to a GPU host")
+    p.add_argument("--encoding", default=None,
+                   help="raw, jpeg (quality 95), jpeg:QUALITY, webp (quality 80) or webp:QUALITY (default: the "
+                        "recipe's). WebP is lossier and about a third of the size: for carrying caches to a GPU host")
 
 
 def _add_evaluate(sub) -> None:

@@ -344,7 +344,8 @@ class ResidualHead(nn.Module):
     """Two-stage DSSM's correction to the first stage's logits, at full resolution, from the pixel features, the
     label features of the chain's latent, its decoded label logits and the Bayesian head's class likelihoods.
     Narrow (a 1x1 reduction, then two 3x3 convolutions at 16 channels: about a tenth of the semantic module's
-    arithmetic), and its last layer starts at zero, so that an untrained head leaves the first stage unchanged."""
+    arithmetic), and its last layer starts at zero, so that an untrained head leaves the first stage unchanged.
+    :meth:`DSSM._fused_correction` runs the same layers at inference, ``body[0]`` split by input."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
         super().__init__()
@@ -587,8 +588,8 @@ class DSSM(nn.Module):
             out = hidden[i:j].view(-1, weight.shape[0])
             torch.mm(f, w_feat, out=out).addmm_(dec, w_decoded).addmm_(like, w_like)
             out += up.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
-        x = F.silu(hidden.permute(0, 3, 1, 2))  # channels-last (B, W, H, W) view
-        x = self.residual.body[3](self.residual.body[2](x))  # 3x3, SiLU
+        x = F.silu(hidden.permute(0, 3, 1, 2))  # a channels-last (B, width, H, W) view
+        x = self.residual.body[3](self.residual.body[2](x))  # the rest of ResidualHead.body: 3x3, SiLU
         return self.residual.out(x).float()
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
