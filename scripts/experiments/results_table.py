@@ -226,7 +226,7 @@ def target_rows(rows):
 # --two-stage: the two-stage DSSM's CPU runs (docs/models.md), mean Dice at each K; K = 0 is the frozen baseline
 # itself. results/<model>/two-stage-cpu/K<K><suffix>/ ("-stage1-dropout": the run with --stage1-dropout 0.2)
 TWO_STAGE_RUNS = (("left-atrium-lge-mri", "", "plain"), ("left-atrium-lge-mri", "-stage1-dropout", "--stage1-dropout 0.2"),
-                  ("skin-lesion-dermoscopy", "", "plain"), ("heart-cine-mri", "", "plain"))
+                  ("skin-lesion-dermoscopy", "", "plain"), ("heart-cine-mri", "", "plain"), ("lungs-cxr", "", "plain"))
 TWO_STAGE_K = (0, 1, 2, 4, 8)
 
 
