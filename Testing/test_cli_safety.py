@@ -360,6 +360,26 @@ def test_mistakes_in_the_command_are_refused_before_torch_is_imported(args, mess
     assert (tmp_path / "out" / XRAY.name).read_text(encoding="utf-8") == "an earlier mask"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--encoding", "png"], "argument --encoding: 'png' is not an encoding"),
+    (["--encoding", "webp:150"], "argument --encoding: 'webp:150' is not an encoding"),
+    (["--out", "{dir}/cache.txt"], "a cache is an .npz file"),
+    (["--out", "{dir}/mine.npz"], "exists and is not a DSSM training cache"),
+])
+def test_cache_mistakes_are_refused_and_replace_nothing(args, message, tmp_path) -> None:
+    """``dssm cache`` refuses an unknown encoding, and an --out that is not an .npz or is someone's own file, in
+    one line and before PyTorch is imported; that file keeps its content."""
+    (tmp_path / "mine.npz").write_text("my own data")
+    command = ["cache", "--recipe", "prostate-t2-mri", *[a.replace("{dir}", str(tmp_path)) for a in args]]
+    proc = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *command], env=subprocess_env(),
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, describe(proc)
+    assert message in proc.stderr and "Traceback" not in proc.stderr, describe(proc)
+    assert proc.stdout.strip().endswith("torch not imported"), describe(proc)
+    assert (tmp_path / "mine.npz").read_text() == "my own data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npz"]
+
+
 def test_help_shows_defaults_and_version_matches_the_package(tmp_path) -> None:
     from importlib.metadata import version
 

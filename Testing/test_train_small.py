@@ -238,6 +238,11 @@ def test_a_webp_cache_holds_the_same_slices_as_the_jpeg_one_in_a_third_of_the_sp
     difference = np.abs(webp.images.astype(np.float32) - jpeg.images.astype(np.float32))
     assert 0 < float(difference.mean()) < 0.1, float(difference.mean())  # z units; augmentation's noise sd is up to 0.1
     assert (tmp_path / "webp.npz").stat().st_size < 0.6 * (dssm_run / "cache.npz").stat().st_size
+    # an earlier cache is replaced (built beside it, then moved in place)
+    proc = run_dssm(["cache", "--recipe", "prostate-t2-mri", "--encoding", "webp:30", "--out", "webp.npz"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert float(np.abs(load_cache(tmp_path / "webp.npz").images.astype(np.float32) - webp.images).mean()) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["webp.npz"]
 
 
 def test_training_from_a_cache_needs_neither_simpleitk_nor_medpy(dssm_run, tmp_path) -> None:

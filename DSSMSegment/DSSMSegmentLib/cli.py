@@ -56,6 +56,17 @@ def _device(text: str) -> str:
                                      "(or gpu), or cuda:N for the N-th GPU")
 
 
+def _encoding(text: str) -> str:
+    """A training cache's image encoding: raw, jpeg[:QUALITY] or webp[:QUALITY], QUALITY from 1 to 100."""
+    kind, colon, quality = text.strip().lower().partition(":")
+    if kind == "raw" and not colon:
+        return kind
+    if kind in ("jpeg", "webp") and (not colon or (quality.isdigit() and 1 <= int(quality) <= 100)):
+        return f"{kind}:{int(quality)}" if colon else kind
+    raise argparse.ArgumentTypeError(f"'{text}' is not an encoding: use raw, jpeg, webp, or jpeg:QUALITY or "
+                                     "webp:QUALITY with QUALITY from 1 to 100")
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows each option's default in ``--help`` where it has a meaningful one (not None, not a bare switch)."""
 
@@ -158,7 +169,7 @@ def _add_cache(sub) -> None:
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", default=None)
     p.add_argument("--out", default=None, help="default: cache/RECIPE.npz")
-    p.add_argument("--encoding", default=None,
+    p.add_argument("--encoding", type=_encoding, default=None,
                    help="raw, jpeg (quality 95), jpeg:QUALITY, webp (quality 80) or webp:QUALITY (default: the "
                         "recipe's). WebP is lossier and about a third of the size: for carrying caches to a GPU host")
 
@@ -493,14 +504,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .datasets import build_cache
-    from .preprocess import Preprocessing
+    from .datasets import build_cache, is_cache
     from .recipes import get_recipe
 
     recipe = get_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("cache") / f"{args.recipe}.npz"
-    build_cache(args.data or recipe["data"], Preprocessing.from_dict(recipe["preprocessing"]),
-                int(recipe.get("in_channels", 1)), recipe["tile"], out, args.encoding or recipe.get("encoding", "jpeg"))
+    if out.suffix != ".npz":
+        raise DSSMError(f"--out {out}: a cache is an .npz file; name one ending in .npz")
+    if out.is_dir() or (out.exists() and not is_cache(out)):
+        raise DSSMError(f"--out {out} exists and is not a DSSM training cache; choose another --out (only an "
+                        "earlier cache is replaced)")
+    from .preprocess import Preprocessing  # PyTorch: only once the command is known to be right
+
+    # built beside it and then moved in place, so that a stopped build leaves an earlier cache as it was
+    partial = out.with_name(f".{out.stem}.partial.npz")
+    try:
+        build_cache(args.data or recipe["data"], Preprocessing.from_dict(recipe["preprocessing"]),
+                    int(recipe.get("in_channels", 1)), recipe["tile"], partial,
+                    args.encoding or recipe.get("encoding", "jpeg"))
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
     return 0
 

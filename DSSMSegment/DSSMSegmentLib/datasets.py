@@ -244,6 +244,17 @@ class CachedData:
                           self.case_ids[keep])
 
 
+def is_cache(path: Path) -> bool:
+    """Whether ``path`` is a training cache that :func:`build_cache` wrote (and may therefore replace)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {"slice_case.npy", "lo_hi.npy", "labels.npy"} <= set(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_cache(path: Path) -> CachedData:
     with np.load(path, allow_pickle=True) as z:  # object arrays hold JPEG bytes written by build_cache
         slice_case = z["slice_case"]
