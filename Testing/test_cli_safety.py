@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import (ACDC, CXR, ISIC, LV, ROOT, _need, assert_one_error_line, crop_slices, describe, dice,
+from conftest import (ACDC, CXR, ISIC, LV, PROSTATE, ROOT, _need, assert_one_error_line, crop_slices, describe, dice,
                       files_under, run_dssm, same_grid, subprocess_env)
 from DSSMSegmentLib import __version__, cli
 from DSSMSegmentLib.bundle import resolve_model
@@ -378,6 +378,30 @@ def test_cache_mistakes_are_refused_and_replace_nothing(args, message, tmp_path)
     assert proc.stdout.strip().endswith("torch not imported"), describe(proc)
     assert (tmp_path / "mine.npz").read_text() == "my own data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.npz"]
+
+
+def test_a_cache_build_that_fails_midway_leaves_the_earlier_cache_as_it_was(tmp_path) -> None:
+    """The second of two cases is corrupt: the build stops with one line saying which file, and the earlier cache
+    at --out is the same file, byte for byte, with nothing else left beside it."""
+    _need(PROSTATE)
+    data = tmp_path / "data"
+    case = sorted(p for p in PROSTATE.iterdir() if (p / "t2_anatomy_reader1.nii.gz").is_file())[0]
+    shutil.copytree(case, data / "001")
+    (data / "002").mkdir()
+    shutil.copy(case / "t2_anatomy_reader1.nii.gz", data / "002")
+    (data / "002" / "t2.nii.gz").write_bytes(b"not an image")
+    earlier = tmp_path / "cache.npz"
+    np.savez(earlier, slice_case=np.zeros(1, np.int32), lo_hi=np.zeros((1, 2), np.float32),
+             labels=np.zeros((1, 4, 4), np.uint8))
+    before = earlier.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "DSSMSegmentLib.cli", "cache", "--recipe", "prostate-t2-mri",
+                           "--data", f"prostate158={data}", "--out", str(earlier)], env=subprocess_env(),
+                          capture_output=True, text=True, cwd=tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]  # after the progress bar, one line says what and where
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, describe(proc)
+    assert last.startswith("dssm: error: cannot read") and "002" in last, describe(proc)
+    assert earlier.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz", "data"]
 
 
 def test_help_shows_defaults_and_version_matches_the_package(tmp_path) -> None:

@@ -450,6 +450,11 @@ def test_two_stage_inference_computes_what_the_training_pieces_compute() -> None
     assert float((reference - first).abs().max()) > 0.5  # the correction is not negligible here
     assert float((fast - reference).abs().max()) < 1e-3
     assert float((fast.argmax(1) == reference.argmax(1)).float().mean()) > 0.9999
+    # under bfloat16 autocast (how dssm segment and training's validation run on a GPU) it runs, in float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net(x, steps=2, generator=[torch.Generator().manual_seed(i) for i in range(2)])
+    assert low.dtype == torch.float32
+    assert float((low.argmax(1) == reference.argmax(1)).float().mean()) > 0.99
 
 
 def test_two_stage_training_keeps_the_first_stage_frozen(dssm_run, tmp_path) -> None:

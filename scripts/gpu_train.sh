@@ -20,13 +20,16 @@
 #
 # Here, where the data is, first: bash scripts/gpu_train.sh caches
 # builds those halves, cache/gpu-call1/ (skin, lungs, prostate) and cache/gpu-call2/ (heart, left atrium), and
-# checks that each fits a call beside the repository; then, with the device tool:
+# checks that each fits a call beside the repository as it is now (run it again right before the calls: it only
+# checks then); then, with the device tool:
 #   run(command="bash scripts/gpu_train.sh stages", carry=["cache/gpu-call1"], timeout_s=420)
 #   run(command="bash scripts/gpu_train.sh stages", carry=["cache/gpu-call2"], timeout_s=420)   # at once
 set -u
 if [ "${1:-}" = caches ]; then
   DSSM=${DSSM:-.venv/bin/dssm}
-  build() { $DSSM cache --recipe "$2" --encoding "$3" --out "cache/gpu-$1/$2.npz" || exit 1; }
+  # a cache already built is kept (REBUILD=1 builds it again), so that this is also the quick check before the calls
+  build() { [ -z "${REBUILD:-}" ] && [ -f "cache/gpu-$1/$2.npz" ] && return
+            $DSSM cache --recipe "$2" --encoding "$3" --out "cache/gpu-$1/$2.npz" || exit 1; }
   build call1 skin-lesion-dermoscopy webp:70; build call1 lungs-cxr webp; build call1 prostate-t2-mri webp
   build call2 heart-cine-mri webp; build call2 left-atrium-lge-mri webp
   # what travels in a call: tracked and untracked-not-ignored files, plus the carried half (at most 64 MiB)

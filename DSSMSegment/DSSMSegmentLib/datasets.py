@@ -256,7 +256,7 @@ def is_cache(path: Path) -> bool:
 
 
 def load_cache(path: Path) -> CachedData:
-    with np.load(path, allow_pickle=True) as z:  # object arrays hold JPEG bytes written by build_cache
+    with np.load(path, allow_pickle=True) as z:  # object arrays hold the JPEG or WebP bytes build_cache wrote
         slice_case = z["slice_case"]
         lo_hi = z["lo_hi"][slice_case]
         if "images" in z:

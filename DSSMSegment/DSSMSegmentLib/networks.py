@@ -561,6 +561,10 @@ class DSSM(nn.Module):
           with the Bayesian head's likelihood computed in the same chunk, so that nothing of 2D channels at full
           resolution is written for the whole batch.
         """
+        with _autocast_off(features.device):  # float32 throughout, as the reference's correction returns it
+            return self._fused_correction_fp32(features, cond, decoded)
+
+    def _fused_correction_fp32(self, features: torch.Tensor, cond: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
         b, d, h, w = features.shape
         c = self.cfg.num_classes
         reduce = self.residual.body[0]
@@ -590,7 +594,7 @@ class DSSM(nn.Module):
             out += up.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
         x = F.silu(hidden.permute(0, 3, 1, 2))  # a channels-last (B, width, H, W) view
         x = self.residual.body[3](self.residual.body[2](x))  # the rest of ResidualHead.body: 3x3, SiLU
-        return self.residual.out(x).float()
+        return self.residual.out(x)
 
     def _first_logits(self, features: torch.Tensor, chunk_pixels: int = 1 << 16) -> torch.Tensor:
         """``first_head(leaky_relu(features))`` in float32, slice by slice on CPU so that the activated copy of
