@@ -177,15 +177,20 @@ class BayesianHead(nn.Module):
             j = min(b, i + step)
             label = F.interpolate(label_quarter[i:j], size=(h, w), mode="bilinear", align_corners=False)
             s = (features[i:j] + label).float().permute(0, 2, 3, 1).reshape(-1, d)  # (P, D), a view if channels-last
-            s = s / torch.linalg.vector_norm(s, dim=1, keepdim=True).clamp_min_(1e-12)  # = F.normalize
-            comp = torch.addmm(bias, torch.cat([s * s, s], dim=1), weight).float()  # (P, C*M); bf16 under autocast
-            lse = torch.logsumexp(comp.view(-1, self.num_classes, self.components), dim=2)
+            lse = self.pixel_log_likelihood(s, weight, bias)
             torch.add(lse.view(j - i, h, w, self.num_classes), prior[i:j].float(), out=out[i:j])
             if typicality is not None:
                 classes = out[i:j].argmax(-1)
                 typicality[0][i:j] = lse.view(j - i, h, w, self.num_classes).gather(-1, classes[..., None])[..., 0]
                 typicality[1][i:j] = classes
         return out.permute(0, 3, 1, 2)
+
+    def pixel_log_likelihood(self, s: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``log p(f|c)`` of pixel rows ``s`` (P, D), L2-normalised here, with ``(weight, bias)`` of
+        :meth:`_quadratic_form`: (P, C). The chunked inference paths' form of :meth:`log_likelihood`."""
+        s = s / torch.linalg.vector_norm(s, dim=1, keepdim=True).clamp_min(1e-12)  # = F.normalize
+        comp = torch.addmm(bias, torch.cat([s * s, s], dim=1), weight).float()  # (P, C*M); bf16 under autocast
+        return torch.logsumexp(comp.view(-1, self.num_classes, self.components), dim=2)
 
     def class_log_likelihood(self, f: torch.Tensor, log_prior: torch.Tensor) -> tuple:
         """``(log p(f|c*), c*)`` for (L2-normalised) features (B, D, H, W), c* being the class of the posterior's
@@ -576,16 +581,13 @@ class DSSM(nn.Module):
         q_weight, q_bias = self.bayes._quadratic_form()
         q_weight, q_bias = q_weight.to(features.device), q_bias.to(features.device)
         w_feat, w_decoded, w_like = (m.t().contiguous() for m in (w_feat, w_decoded, w_like))
-        q_square, q_linear = q_weight[:d], q_weight[d:]
         log_decoded = torch.log_softmax(decoded.float(), dim=1)
         hidden = torch.empty((b, h, w, weight.shape[0]), dtype=torch.float32, device=features.device)
         step = max(1, min(b, (1 << 16 if features.device.type == "cpu" else 1 << 21) // max(1, h * w)))
         for i in range(0, b, step):
             j = min(b, i + step)
             f = features[i:j].float().permute(0, 2, 3, 1).reshape(-1, d)  # (P, D), a view if channels-last
-            s = f / torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-12)
-            comp = torch.addmm(q_bias, s * s, q_square).addmm_(s, q_linear)  # the head's 1x1 over [f*f, f]
-            like = torch.logsumexp(comp.view(-1, c, self.bayes.components), dim=2)
+            like = self.bayes.pixel_log_likelihood(f, q_weight, q_bias)
             like = like - like.amax(1, keepdim=True)
             dec = log_decoded[i:j].permute(0, 2, 3, 1).reshape(-1, c)
             up = F.interpolate(label[i:j], size=(h, w), mode="bilinear", align_corners=False)

@@ -1,6 +1,6 @@
 """Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
 
-With --two-stage, the two-stage DSSM's CPU runs (left atrium, skin, heart) at each K. With --targets, issue 12's
+With --two-stage, the two-stage DSSM's CPU runs (left atrium, skin, heart, lungs) at each K. With --targets, issue 12's
 targets model by model (DSSM against its baseline, against K = 0 and
 against the paper). Otherwise prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
