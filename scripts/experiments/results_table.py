@@ -1,6 +1,6 @@
 """Makes the accuracy tables of docs/models.md from results/ (and, with --readme, the README's models table).
 
-With --two-stage, the two-stage DSSM's CPU runs (left atrium, skin, heart, lungs) at each K. With --targets, issue 12's
+With --two-stage, the two-stage DSSM's CPU runs (left atrium, skin, heart, lungs; prostate, leave one case out) at each K. With --targets, issue 12's
 targets model by model (DSSM against its baseline, against K = 0 and
 against the paper). Otherwise prints the accuracy comparison from results/: DSSM at its default K, at K = 0 and with test-time
 flips (TTA), the discriminative baseline plain and with TTA, and the paper; then DSSM with 4 Markov samples per
@@ -246,7 +246,26 @@ def two_stage_rows():
                 n = stats["dice"]["n"]
                 name = f"{model} ({dataset or structure}, {n})"
                 out.append([name, run, *(dice(reports[k]) for k in TWO_STAGE_K)])
-    return out
+    return out + two_stage_loocv_rows()
+
+
+def two_stage_loocv_rows():
+    """Prostate (scripts/experiments/prostate_two_stage_loocv.sh): each held-out case's fold, its own baseline as
+    stage 1; mean ± sd over the folds written so far of each fold's Dice, at each K evaluated (K = 0 and 4)."""
+    folder = ROOT / "prostate-t2-mri" / "two-stage-loocv"
+    per = {}  # (structure, K) -> one Dice per fold
+    folds = set()
+    for k in TWO_STAGE_K:
+        for case in ("001", "002", "020", "021"):
+            report = load(folder / f"{case}-K{k}" / "metrics.json")
+            if report:
+                folds.add(case)
+                for structure, stats in report["summary"].items():
+                    per.setdefault((structure, k), []).append(stats["dice"]["mean"])
+    structures = dict.fromkeys(s for s, _ in per)
+    return [[f"prostate-t2-mri ({structure}, LOOCV, {len(folds)} of 4 folds)", "plain",
+             *(f"{np.mean(v):.{DIGITS}f} ± {np.std(v):.{DIGITS}f}" if (v := per.get((structure, k))) else "not run"
+               for k in TWO_STAGE_K)] for structure in structures]
 
 
 def main() -> None:
