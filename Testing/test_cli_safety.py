@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import (ACDC, CXR, ISIC, LV, PROSTATE, ROOT, _need, assert_one_error_line, crop_slices, describe, dice,
-                      files_under, run_dssm, same_grid, subprocess_env)
+                      dssm_command, files_under, run_dssm, same_grid, subprocess_env)
 from DSSMSegmentLib import __version__, cli
 from DSSMSegmentLib.bundle import resolve_model
 from DSSMSegmentLib.imageio import read_image
@@ -341,6 +342,7 @@ CHECK_WITHOUT_TORCH = ("import sys; from DSSMSegmentLib.cli import main\n"
     (["--model", "lungs-cxr", "--batch-size", "0", "-o", "{out}"], "argument --batch-size: must be 1 or more, got 0"),
     (["--model", "lungs-cxr", "--samples", "two", "-o", "{out}"], "argument --samples: expected a whole number"),
     (["--model", "lungs-cxr", "--device", "gpu0", "-o", "{out}"], "argument --device: 'gpu0' is not a device"),
+    (["--model", "lungs-cxr", "--seed", str(2 ** 64), "-o", "{out}"], "argument --seed: must be 9223372036854775807 or less"),
     (["--model", "lungs-cxr", "-o", "{file}"], "is a file; -o names the output folder"),
     (["--model", "no-such-model", "-o", "{out}"], "model 'no-such-model' not found"),
     (["--model", "lungs-cxr", "-o", "{out}"], "already exist"),  # {out} holds an earlier mask of the X-ray
@@ -434,6 +436,39 @@ def test_piped_output_has_one_line_per_case_and_no_progress_bar(small_heart, tmp
     lines = proc.stdout.splitlines()
     assert len(lines) == 3 and lines[0].startswith("model heart-cine-mri")
     assert [ln.split(" -> ")[0] for ln in lines[1:]] == [str(folder / "p1.nii.gz"), str(folder / "p2.nii.gz")]
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_partial_file(small_heart, tmp_path) -> None:
+    """`kill`, `timeout` and job schedulers send SIGTERM: the run stops cleanly, with what it finished intact."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        shutil.copy(small_heart, folder / f"p{i}.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(dssm_command() + ["segment", "--model", "heart-cine-mri", "--steps", "0", "--overlay",
+                                              "-o", str(out), str(folder)], cwd=str(tmp_path), env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # the model line
+    proc.stdout.readline()  # the first case is written
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; nothing more was written" in stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert not [name for name in written if name.startswith(".")], written  # no half-written file
+    assert "p0.nii.gz" in written and len([n for n in written if n.endswith(".nii.gz")]) < 6, written
+    for name in written:
+        if name.endswith(".nii.gz"):
+            assert same_grid(read_image(out / name), read_image(small_heart))
+
+
+def test_a_wrong_rank_or_world_size_in_the_environment_is_refused(small_heart, tmp_path) -> None:
+    for env, message in (({"WORLD_SIZE": "abc"}, "must be whole numbers"),
+                         ({"WORLD_SIZE": "2", "RANK": "7"}, "RANK must be 0 to WORLD_SIZE - 1")):
+        proc = run_dssm(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", small_heart],
+                        cwd=tmp_path, env=env)
+        assert proc.returncode == 2 and message in proc.stderr, describe(proc)
+        assert not (tmp_path / "out" / small_heart.name).exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

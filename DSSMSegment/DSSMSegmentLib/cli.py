@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -21,7 +22,10 @@ from .errors import Cancelled, DSSMError
 # a fraction of a second, and the message names the option.
 
 
-def _count(minimum: int):
+_SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+
+
+def _count(minimum: int, maximum: Optional[int] = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -29,6 +33,8 @@ def _count(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be {maximum} or less, got {value}")
         return value
 
     parse.__name__ = "number"  # argparse names the type in its messages
@@ -95,7 +101,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
     p.add_argument("--overlay", action="store_true", help="also write X_overlay.png, the mask over the image")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
-    p.add_argument("--seed", type=_count(0), default=0, help="seed of the Markov chain's noise")
+    p.add_argument("--seed", type=_count(0, _SEED_MAX), default=0, help="seed of the Markov chain's noise")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: also segment the image flipped and zoomed 1.2x as the model was "
                         "trained, and average (4-10x the network time)")
@@ -187,7 +193,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="folder for metrics.csv, metrics.json and the masks")
     p.add_argument("--limit", type=_count(0), default=0, help="evaluate at most this many cases (0: all)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as for segment")
-    p.add_argument("--seed", type=_count(0), default=0, help="seed of the Markov chain's noise, as for segment")
+    p.add_argument("--seed", type=_count(0, _SEED_MAX), default=0, help="seed of the Markov chain's noise, as for segment")
     p.add_argument("--samples", type=_count(1), default=1, help="Markov chains per slice, as for segment")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
@@ -310,6 +316,20 @@ def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> No
                         "another output folder with -o")
 
 
+def _shard() -> tuple:
+    """``(RANK, WORLD_SIZE)`` from the environment (torchrun sets them), checked: (0, 1) when unset."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise DSSMError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} in the "
+                        "environment must be whole numbers (torchrun sets them; unset both to segment every input "
+                        "in this process)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise DSSMError(f"RANK={rank} and WORLD_SIZE={world} in the environment: RANK must be 0 to WORLD_SIZE - 1 "
+                        "(unset both to segment every input in this process)")
+    return rank, world
+
+
 def cmd_segment(args) -> int:
     from .bundle import resolve_model
     from .imageio import expand_inputs
@@ -339,7 +359,10 @@ def cmd_segment(args) -> int:
     _refuse_unsafe_outputs(targets, protected, args.overwrite)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = _shard()
+    if world > 1:
+        print(f"RANK {rank} of WORLD_SIZE {world}: this process segments every {world}th input from the "
+              f"{rank + 1}th ({len(inputs[rank::world])} of {len(inputs)})")
     inputs = inputs[rank::world]
     from tqdm import tqdm
 
@@ -585,6 +608,10 @@ COMMANDS = {"segment": cmd_segment, "train": cmd_train, "cache": cmd_cache, "mod
             "benchmark": cmd_benchmark}
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     parser = build_parser()
@@ -592,6 +619,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a mistake in the command (argparse printed it): its status
         return exc.code if isinstance(exc.code, int) else 2
+    # `kill`, `timeout` and job schedulers stop a run with SIGTERM (a closed terminal: SIGHUP): the same clean
+    # stop as Ctrl-C, so that whatever is being written is removed, not left half-written
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            try:
+                signal.signal(getattr(signal, name), _interrupt)
+            except ValueError:  # not the main thread: leave the signals to whoever runs it
+                break
     try:
         return COMMANDS[args.command](args)
     except DSSMError as exc:
