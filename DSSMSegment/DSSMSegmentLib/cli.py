@@ -361,8 +361,8 @@ def cmd_segment(args) -> int:
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
     if world > 1:
-        print(f"RANK {rank} of WORLD_SIZE {world}: this process segments every {world}th input from the "
-              f"{rank + 1}th ({len(inputs[rank::world])} of {len(inputs)})")
+        print(f"RANK {rank} of WORLD_SIZE {world}: this process segments {len(inputs[rank::world])} of the "
+              f"{len(inputs)} inputs (every {world}-th, from number {rank + 1})")
     inputs = inputs[rank::world]
     from tqdm import tqdm
 
