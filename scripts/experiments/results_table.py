@@ -100,6 +100,15 @@ def rows_for(model: str, rows=ROWS, extra=True):
     return out
 
 
+LOOCV_CASES = ("001", "002", "020", "021")  # the prostate's cases, one fold each held out
+
+
+def mean_sd(values, digits: int = None) -> str:
+    """Mean ± sd over folds of one number per fold."""
+    digits = DIGITS if digits is None else digits
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
 def loocv_rows(rows=ROWS, extra=True):
     """Prostate: one fold per held-out case; mean ± sd over the 4 folds of each fold's Dice."""
     folder = ROOT / "prostate-t2-mri" / "loocv"
@@ -108,7 +117,7 @@ def loocv_rows(rows=ROWS, extra=True):
     per = {}
     for row, kind in {**FOLD_ROWS, **SAMPLE_FOLD_ROWS}.items():
         vals = {}
-        for case in ("001", "002", "020", "021"):
+        for case in LOOCV_CASES:
             rep = load(folder / f"{case}-{kind}" / "metrics.json")
             if rep:
                 for s, v in rep["summary"].items():
@@ -117,9 +126,8 @@ def loocv_rows(rows=ROWS, extra=True):
         per[row] = vals
 
     def f(row, structure, key="dice", digits=None):
-        digits = DIGITS if digits is None else digits
         v = per.get(row, {}).get((structure, key))
-        return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if v else "n/a"
+        return mean_sd(v, digits) if v else "n/a"
 
     out = []
     for structure in [s for s, key in per.get("K4", {}) if key == "dice"]:
@@ -256,15 +264,15 @@ def two_stage_loocv_rows():
     per = {}  # (structure, K) -> one Dice per fold
     folds = set()
     for k in TWO_STAGE_K:
-        for case in ("001", "002", "020", "021"):
+        for case in LOOCV_CASES:
             report = load(folder / f"{case}-K{k}" / "metrics.json")
             if report:
                 folds.add(case)
                 for structure, stats in report["summary"].items():
                     per.setdefault((structure, k), []).append(stats["dice"]["mean"])
     structures = dict.fromkeys(s for s, _ in per)
-    return [[f"prostate-t2-mri ({structure}, LOOCV, {len(folds)} of 4 folds)", "plain",
-             *(f"{np.mean(v):.{DIGITS}f} ± {np.std(v):.{DIGITS}f}" if (v := per.get((structure, k))) else "not run"
+    return [[f"prostate-t2-mri ({structure}, LOOCV, {len(folds)} of {len(LOOCV_CASES)} folds)", "plain",
+             *(mean_sd(v) if (v := per.get((structure, k))) else "not run"
                for k in TWO_STAGE_K)] for structure in structures]
 
 
