@@ -360,10 +360,10 @@ def cmd_segment(args) -> int:
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
+    total, inputs = len(inputs), inputs[rank::world]
     if world > 1:
-        print(f"RANK {rank} of WORLD_SIZE {world}: this process segments {len(inputs[rank::world])} of the "
-              f"{len(inputs)} inputs (every {world}-th, from number {rank + 1})")
-    inputs = inputs[rank::world]
+        print(f"RANK {rank} of WORLD_SIZE {world}: this process segments {len(inputs)} of the {total} inputs "
+              f"(every {world}-th, from number {rank + 1})")
     from tqdm import tqdm
 
     from .inference import Segmenter
@@ -621,10 +621,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     # `kill`, `timeout` and job schedulers stop a run with SIGTERM (a closed terminal: SIGHUP): the same clean
     # stop as Ctrl-C, so that whatever is being written is removed, not left half-written
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+    for number in (getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)):
+        if signal.getsignal(number) == signal.SIG_DFL:
             try:
-                signal.signal(getattr(signal, name), _interrupt)
+                signal.signal(number, _interrupt)
             except ValueError:  # not the main thread: leave the signals to whoever runs it
                 break
     try:
