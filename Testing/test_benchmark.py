@@ -32,10 +32,13 @@ K_VALUES = [0, 1, 2, 4, 8, 16]
 def quick_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("benchmark")
     out = folder / "bench.json"
-    proc = run_dssm(["benchmark", "--quick", "--devices", "cpu", "-o", out], cwd=folder, timeout=600)
+    scratch = folder / "tmp"  # the run's own temporary folder, to see what it leaves behind
+    scratch.mkdir()
+    proc = run_dssm(["benchmark", "--quick", "--devices", "cpu", "-o", out], cwd=folder, timeout=600,
+                    env={"TMPDIR": str(scratch)})
     assert proc.returncode == 0, describe(proc)
     assert out.is_file(), describe(proc)
-    return json.loads(out.read_text(encoding="utf-8")), proc.stdout
+    return json.loads(out.read_text(encoding="utf-8")), proc.stdout, sorted(p.name for p in scratch.iterdir())
 
 
 def _positive(x) -> bool:
@@ -43,7 +46,7 @@ def _positive(x) -> bool:
 
 
 def test_quick_benchmark_has_every_k_and_both_references(quick_report) -> None:
-    report, _ = quick_report
+    report, _, _ = quick_report
     rows = report["results"]
     assert report["devices"] == ["cpu"]
     dssm = {r["steps"]: r for r in rows if r["method"] == "dssm" and r["case"] == "acdc"}
@@ -75,8 +78,16 @@ def test_quick_benchmark_has_every_k_and_both_references(quick_report) -> None:
     assert [t for t in report["targets"] if "uncertainty map" in t["target"]]
 
 
+def test_quick_benchmark_deletes_its_temporary_folders(quick_report) -> None:
+    """The benchmark writes cases, worker specs and masks to temporary folders; none may outlive the run. (torch's
+    own compile cache, ``torchinductor_USER``, is meant to stay: later runs reuse it.)"""
+    _, _, in_tmpdir = quick_report
+    left_behind = [name for name in in_tmpdir if not name.startswith("torchinductor_")]
+    assert left_behind == [], f"dssm benchmark left these in its TMPDIR: {left_behind}"
+
+
 def test_quick_benchmark_times_every_stage(quick_report) -> None:
-    report, _ = quick_report
+    report, _, _ = quick_report
     for r in report["results"]:
         stages = r["stages_s"]
         for name in ("read", "preprocess", "semantic pass", "resample back", "postprocess", "write"):
@@ -102,7 +113,7 @@ def test_quick_benchmark_times_every_stage(quick_report) -> None:
 
 
 def test_quick_benchmark_numbers_are_sane(quick_report) -> None:
-    report, stdout = quick_report
+    report, stdout, _ = quick_report
     for r in report["results"]:
         t = r["time_s"]
         assert _positive(t["median"]) and t["min"] <= t["median"] <= t["max"]

@@ -3,9 +3,11 @@ fresh worker process, gather the results into one report, print its Markdown tab
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ def benchmark_command(args) -> int:
     except DSSMError:
         baseline_name = None
     work = Path(tempfile.mkdtemp(prefix="dssm-benchmark-"))
+    atexit.register(shutil.rmtree, work, True)  # the prepared cases and the workers' files, however the run ends
     cases_npz = work / "cases.npz"
     cases_file = getattr(args, "cases", None)
     if cases_file:

@@ -4,6 +4,7 @@ matmul peak."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -244,6 +245,7 @@ def measure_case(spec: dict, case: dict, method: str, model: str) -> List[dict]:
                     reserved_gpu[k] = max(reserved_gpu[k], torch.cuda.max_memory_reserved() / MIB)
     finally:
         clock.uninstrument()
+        shutil.rmtree(out_dir, ignore_errors=True)
     results = []
     for k in configs:
         kruns = runs[k]
