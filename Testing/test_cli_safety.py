@@ -151,8 +151,8 @@ def test_a_bad_file_in_a_folder_does_not_stop_the_others(mixed_folder, tmp_path)
     proc = run_dssm(["segment", "--model", "lungs-cxr", "--steps", "0", "--timings", tmp_path / "t.json",
                      "-o", tmp_path / "out", mixed_folder], cwd=tmp_path)
     assert proc.returncode == 2, describe(proc)
-    # the NIfTI holds a 2D image, so its mask is a PNG too
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_xray.png", "c_xray.png"]
+    # the NIfTI holds a 2D image; its mask is a NIfTI too, which keeps its geometry
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_xray.png", "c_xray.nii.gz"]
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(errors) == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith("dssm: error: ") and "b_dermoscopy.jpg" in errors[0] and "channel" in errors[0]
@@ -469,6 +469,16 @@ def test_a_wrong_rank_or_world_size_in_the_environment_is_refused(small_heart, t
                         cwd=tmp_path, env=env)
         assert proc.returncode == 2 and message in proc.stderr, describe(proc)
         assert not (tmp_path / "out" / small_heart.name).exists()
+
+
+def test_more_markov_steps_than_the_chain_has_are_refused_before_any_work(small_heart, tmp_path) -> None:
+    """The chain has one step per noise level from markov_start x T down (500 for the bundled models); a larger
+    K used to be capped there without a word, and a run with it was not the run asked for."""
+    for command in (["segment", "-o", tmp_path / "out", small_heart], ["evaluate", "acdc", "--limit", "1"]):
+        proc = run_dssm(command + ["--model", "heart-cine-mri", "--steps", "501"], cwd=tmp_path)
+        line = assert_one_error_line(proc.returncode, proc.stderr)
+        assert "--steps 501" in line and "at most 500 steps" in line and "default is 4" in line, line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -205,3 +205,39 @@ def test_rgb_dermoscopy_jpg_at_native_size_gives_png(tmp_path, capfd) -> None:
     assert set(np.unique(mask).tolist()) <= {0, 1}
     score = dice(mask.astype(bool), gt, True)
     assert score > 0.85, f"lesion Dice {score:.3f}"  # measured 0.913
+
+
+def test_a_2d_nifti_nrrd_or_mha_image_keeps_its_geometry_in_a_nifti_mask(tmp_path, capfd) -> None:
+    """A 2D X-ray stored as NIfTI, NRRD or MHA (as converters and Slicer write one) is placed in space by its
+    origin and direction, which a PNG cannot hold: its mask and uncertainty map are NIfTI files on exactly its
+    grid, and the mask is the one the same pixels give as a PNG (the pixels, not the header, are segmented)."""
+    name = "MCUCXR_0006_0.png"
+    _need(CXR / "images" / name)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(CXR / "images" / name, inputs / "xray.png")
+    xray = sitk.ReadImage(str(inputs / "xray.png"))
+    placed = sitk.Image(xray)
+    placed.SetOrigin((-120.5, 37.25))
+    placed.SetDirection((0.0, 1.0, 1.0, 0.0))  # the rows run along x: a transposed scan
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        sitk.WriteImage(placed, str(inputs / f"placed{suffix.replace('.', '_')}{suffix}"))
+    out = tmp_path / "out"
+    captured = _segment_in_process(["segment", "--model", "lungs-cxr", "--steps", "1", "--uncertainty",
+                                    "--uncertainty-chains", "2", "-o", out, inputs], capfd)
+    written = sorted(p.name for p in out.iterdir())
+    stems = ["placed_mha", "placed_nii_gz", "placed_nrrd"]
+    assert written == sorted(["xray.png", "xray_uncertainty.png"] + [f"{s}.nii.gz" for s in stems]
+                             + [f"{s}_uncertainty.nii.gz" for s in stems]), written
+    png_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "xray.png")))
+    for stem in stems:
+        mask = sitk.ReadImage(str(out / f"{stem}.nii.gz"))
+        assert mask.GetDimension() == 2 and same_grid(mask, placed), grid_report(mask, placed)
+        assert np.array_equal(sitk.GetArrayFromImage(mask), png_mask), stem
+        uncertainty = sitk.ReadImage(str(out / f"{stem}_uncertainty.nii.gz"))
+        assert uncertainty.GetPixelID() == sitk.sitkFloat32 and same_grid(uncertainty, placed)
+    # areas: in mm^2 where the header gives a pixel size, in pixels for a PNG, which has none
+    lines = [ln for ln in captured.out.splitlines() if "uncertain (" in ln]
+    assert len(lines) == 4
+    assert all(ln.endswith(" px") for ln in lines if "xray_uncertainty.png" in ln)
+    assert sum(ln.endswith(" mm2") for ln in lines) == 3

@@ -88,9 +88,10 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment images or volumes with a model", formatter_class=_HelpFormatter,
                        description="Segment images, DICOM series folders or folders of images. Each input X gets "
-                       "OUTPUT/X.nii.gz (a volume) or OUTPUT/X.png (a 2D image: label values 0, 1, ..., so it looks "
-                       "black in an image viewer). Existing outputs are never replaced without --overwrite, and an "
-                       "input is never replaced. Files in a folder that are label maps (names ending _gt, _seg, "
+                       "OUTPUT/X.png (a 2D picture: PNG, JPG, BMP, TIFF; label values 0, 1, ..., so it looks black in "
+                       "an image viewer) or OUTPUT/X.nii.gz (anything else: a volume, a DICOM series, a 2D NIfTI, NRRD "
+                       "or MHA image, whose geometry a PNG could not keep). Existing outputs are never replaced "
+                       "without --overwrite, and an input is never replaced. Files in a folder that are label maps (names ending _gt, _seg, "
                        "_label, _mask, ...; or a few integer values) or earlier outputs are skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
@@ -109,7 +110,7 @@ def _add_segment(sub) -> None:
                    help="Markov chains per slice, each from its own noise; their latents are averaged (DSSM at "
                         "K > 0 only; 4 samples: about 1.8x the time of one)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="also write X_uncertainty.nii.gz (X_uncertainty.png for a 2D image, 16-bit: value/65535), "
+                   help="also write X_uncertainty.nii.gz (X_uncertainty.png for a 2D picture, 16-bit: value/65535), "
                         "the per-voxel uncertainty from several Markov chains (and every --tta pass), 0 certain to 1, "
                         "and print per structure the volume of uncertain voxels; with --overlay also "
                         "X_uncertainty_overlay.png (docs/uncertainty.md)")
@@ -372,7 +373,7 @@ def cmd_segment(args) -> int:
     segmenter = Segmenter(bundle, device=args.device, batch_size=args.batch_size, tta=args.tta, samples=args.samples,
                           uncertainty_samples=args.uncertainty_chains)
     load_seconds = time.perf_counter() - t_load
-    steps = bundle.default_steps if args.steps is None else args.steps
+    steps = segmenter.checked_steps(args.steps)
     print(f"model {bundle.name} ({bundle.architecture.kind}, K={steps if bundle.architecture.kind == 'dssm' else '-'})"
           f" on {segmenter.device}: {len(inputs)} input(s) -> {out_dir}")
     report = {"model": bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
@@ -480,7 +481,8 @@ def _write_uncertainty(segmenter, image, result, path: Path, target: Path, overl
         timings.add("overlay", time.perf_counter() - t0)
     volumes = unc.uncertain_volumes(result.uncertainty_maps[unc.MEASURE], result.likely_structure, spacing_zyx(image),
                                     segmenter.bundle.labels, level, is_2d)
-    unit = "mm2" if is_2d else "mL"
+    # a picture file (PNG, JPG, ...) has no physical pixel size: its areas are in pixels
+    unit = ("px" if target.name.lower().endswith(".png") else "mm2") if is_2d else "mL"
     line = (f"    uncertain ({unc.MEASURE.replace('_', ' ')} > {level:.3f}, {result.uncertainty_chains} chain(s) x "
             f"{len(segmenter.passes())} pass(es)) -> {target.name}: "
             + ", ".join(f"{name} {value:.{0 if is_2d else 2}f} {unit}" for name, value in volumes.items()))

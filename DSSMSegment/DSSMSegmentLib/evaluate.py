@@ -62,7 +62,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         cases = cases[:limit]
     segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples,
                           uncertainty_samples=uncertainty_chains)
-    k = bundle.default_steps if steps is None else int(steps)
+    k = segmenter.checked_steps(steps)
     samples = segmenter.samples_at(k)  # what ran (K = 0 has no chain; a baseline has none)
     structures = structures_of(bundle)
     per_case: Dict[str, Dict[str, StructureMetrics]] = {}

@@ -46,11 +46,11 @@ def stem_of(path: Path) -> str:
 
 
 def output_name(path: Path, is_2d: Optional[bool] = None) -> str:
-    """``X.nii.gz`` for a volume and ``X.png`` for a 2D image, ``X`` being the input's name without suffix.
-    Without ``is_2d``, a 2D file type (PNG, JPG, BMP, TIFF) is taken to hold a 2D image."""
-    if is_2d is None:
-        is_2d = Path(path).name.lower().endswith(IMAGE_SUFFIXES_2D)
-    return stem_of(path) + (".png" if is_2d else ".nii.gz")
+    """``X.png`` for a 2D picture file (PNG, JPG, BMP, TIFF) and ``X.nii.gz`` for anything else, ``X`` being the
+    input's name without suffix: a 2D NIfTI, NRRD or MHA image keeps its origin, spacing and direction, which a
+    PNG cannot hold. ``is_2d=False`` (a picture file type that held a volume, e.g. a 3D TIFF) gives ``X.nii.gz``."""
+    picture = Path(path).name.lower().endswith(IMAGE_SUFFIXES_2D)
+    return stem_of(path) + (".png" if picture and is_2d is not False else ".nii.gz")
 
 
 # What ``dssm segment`` writes beside a mask (X_overlay.png, X_uncertainty.*): never an input of a later run.

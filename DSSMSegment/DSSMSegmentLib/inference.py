@@ -261,6 +261,21 @@ class Segmenter:
         (default: as the Segmenter was created), else the plain one."""
         return self.test_time_passes if (self.tta if tta is None else tta) else [(1.0, ())]
 
+    def checked_steps(self, steps: Optional[int]) -> int:
+        """``steps`` (None: the bundle's default K), refused if the chain cannot take that many: it has one step
+        per integer noise level from ``markov_start x T`` down, and a larger K would be quietly capped there."""
+        steps = self.bundle.default_steps if steps is None else int(steps)
+        if steps < 0:
+            raise DSSMError("--steps must be 0 or more")
+        if self.bundle.architecture.kind == "dssm":
+            cfg = self.network.cfg
+            most = max(1, round(cfg.markov_start * cfg.timesteps))
+            if steps > most:
+                raise DSSMError(f"--steps {steps}: the Markov chain of {self.bundle.name} has at most {most} steps "
+                                f"(one per noise level from {cfg.markov_start:g} x {cfg.timesteps} down); choose "
+                                f"{most} or fewer (the default is {self.bundle.default_steps})")
+        return steps
+
     def samples_at(self, steps: int) -> int:
         """Markov chains per slice that actually run at ``steps`` (K = 0 has no chain, so one pass)."""
         return self.samples if steps > 0 else 1
@@ -290,10 +305,8 @@ class Segmenter:
         familiarity score of it), and with ``uncertainty`` the per-voxel uncertainty map
         (:mod:`DSSMSegmentLib.uncertainty`) from :meth:`uncertainty_chains` Markov chains per slice and every
         test-time pass. The mask does not depend on ``uncertainty``."""
-        steps = self.bundle.default_steps if steps is None else int(steps)
+        steps = self.checked_steps(steps)
         passes = self.passes(tta)
-        if steps < 0:
-            raise DSSMError("--steps must be 0 or more")
         timings = timings if timings is not None else Timings()
         clock = _Clock(timings, self.device)
         report = progress or (lambda stage, fraction: None)

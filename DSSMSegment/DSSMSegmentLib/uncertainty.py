@@ -50,11 +50,11 @@ def entropy(p, dim: int = 1):
 
 def write_map(result, image, target, geometry_from=None) -> None:
     """Write a run's uncertainty map (:meth:`Segmenter.run` with ``uncertainty``) as ``dssm segment`` does, on the
-    input's exact grid: float for a volume (with ``geometry_from``'s NIfTI header, as the mask); a 2D image's as a
-    16-bit PNG, since a PNG holds no floats (value / 65535 is the uncertainty)."""
+    input's exact grid: float for a volume or a 2D NIfTI, NRRD or MHA image (with ``geometry_from``'s NIfTI header, as
+    the mask); a 2D picture's as a 16-bit PNG, since a PNG holds no floats (value / 65535 is the uncertainty)."""
     from .imageio import image_like, write_image_atomically
 
-    if image.GetDimension() == 2:
+    if str(target).lower().endswith(".png"):
         scaled = np.round(result.uncertainty_maps[MEASURE] * 65535).clip(0, 65535)
         write_image_atomically(image_like(scaled, image, np.uint16), target)
     else:
