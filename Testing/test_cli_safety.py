@@ -196,6 +196,49 @@ def test_label_maps_in_a_folder_are_skipped_by_name_or_by_values(small_heart, tm
     assert code == 0 and (tmp_path / "out2" / "p011_reader2.png").is_file(), captured.err
 
 
+def test_a_folder_segmented_into_itself_can_be_segmented_again(tmp_path, capfd) -> None:
+    """``-o`` the input folder puts X.png beside X.jpg. A later run over that folder (into it again, or elsewhere)
+    skips those masks, and the hidden ._X.jpg copies macOS leaves on some drives, and says so; it used to stop at
+    a name clash between X.jpg and X.png."""
+    name = "ISIC_0000007"  # in skin-lesion-dermoscopy's validation split
+    _need(ISIC / "images" / f"{name}.jpg")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    small = Image.open(ISIC / "images" / f"{name}.jpg").convert("RGB").resize((320, 240), Image.BICUBIC)
+    small.save(folder / "lesion.jpg", quality=95)
+    shutil.copy(folder / "lesion.jpg", folder / "._lesion.jpg")
+    command = ["segment", "--model", "skin-lesion-dermoscopy", "--steps", "0"]
+    code, captured = _main(command + ["-o", folder, folder], capfd)
+    assert code == 0, captured.err
+    first = _digest(folder / "lesion.png")
+    for out, extra in ((folder, ["--overwrite"]), (tmp_path / "elsewhere", [])):
+        code, captured = _main(command + extra + ["-o", out, folder], capfd)
+        assert code == 0, captured.err
+        skipped = [ln for ln in captured.out.splitlines() if ln.startswith("skipped ")]
+        assert [ln.split(":")[0] for ln in skipped] == [f"skipped {folder / '._lesion.jpg'}",
+                                                        f"skipped {folder / 'lesion.png'}"], captured.out
+        assert "the mask of lesion.jpg from an earlier run" in skipped[1]
+        assert _digest(out / "lesion.png") == first, "the same mask again"
+    assert sorted(p.name for p in folder.iterdir()) == ["._lesion.jpg", "lesion.jpg", "lesion.png"]
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["lesion.png"]
+    # without --overwrite, the earlier mask is kept and the run says how to replace it
+    code, captured = _main(command + ["-o", folder, folder], capfd)
+    assert code == 2 and "already exists; pass --overwrite" in captured.err
+
+
+def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(small_heart, tmp_path, capfd) -> None:
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "out"
+    for timings, message in ((tmp_path / "folder", "is a folder; --timings names the JSON file"),
+                             (small_heart, "is one of the inputs"),
+                             (out / small_heart.name, f"is also the output of {small_heart}")):
+        code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "--timings", timings,
+                                "-o", out, small_heart], capfd)
+        line = assert_one_error_line(code, captured.err)
+        assert f"--timings {timings} {message}" in line, line
+        assert not out.exists(), "refused before any work"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 6. Direction cosines a little off orthonormal (scanner float32 headers) are read, not refused
 

@@ -317,6 +317,41 @@ def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> No
                         "another output folder with -o")
 
 
+def _earlier_masks(inputs: List[Path], explicit: set) -> tuple:
+    """``(inputs, skipped)``: an input found in a folder that is the mask another input gets in its own folder
+    (X.png beside X.jpg, from an earlier run with ``-o`` that folder) and holds a few integer values is that
+    earlier mask, not an image: it is left out with its reason."""
+    from .imageio import label_map_values, read_image
+
+    masks = {mask: path for path in inputs for mask in _outputs_of(path, path.parent, False)[:1] if mask != path}
+    kept, skipped = [], []
+    for path in inputs:
+        source = masks.get(path)
+        if source is not None and path not in explicit:
+            try:
+                values = label_map_values(read_image(path))
+            except DSSMError:  # not readable: its own run says so
+                values = None
+            if values is not None:
+                skipped.append((path, f"a label map (values {', '.join(map(str, values))}), the mask of {source.name} "
+                                      "from an earlier run"))
+                continue
+        kept.append(path)
+    return kept, skipped
+
+
+def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
+    """``--timings`` names a file that is neither a folder, nor an input, nor one of the run's other outputs."""
+    if timings.is_dir():
+        raise DSSMError(f"--timings {timings} is a folder; --timings names the JSON file to write, e.g. "
+                        f"{timings / 'timings.json'}")
+    if timings.resolve() in protected:
+        raise DSSMError(f"--timings {timings} is one of the inputs; name another file for the timings")
+    if timings in targets:
+        raise DSSMError(f"--timings {timings} is also the output of {targets[timings]}; name another file for the "
+                        "timings")
+
+
 def _shard() -> tuple:
     """``(RANK, WORLD_SIZE)`` from the environment (torchrun sets them), checked: (0, 1) when unset."""
     try:
@@ -342,7 +377,9 @@ def cmd_segment(args) -> int:
         raise DSSMError(f"-o {out_dir} is a file; -o names the output folder (created if missing)")
     bundle = resolve_model(args.model)
     inputs, skipped = expand_inputs(args.inputs)
-    for path, reason in skipped:
+    explicit = {Path(item) for item in args.inputs}
+    inputs, earlier = _earlier_masks(inputs, explicit)
+    for path, reason in skipped + earlier:
         print(f"skipped {path}: {reason}")
     if not inputs:
         raise DSSMError("nothing to segment: every file found was skipped (listed above); name a file on the "
@@ -354,10 +391,13 @@ def cmd_segment(args) -> int:
                 raise DSSMError(f"{targets[target]} and {path} would both be written as {target}; segment them "
                                 "into different output folders or rename one")
             targets[target] = path
-    if args.timings:
-        targets[Path(args.timings)] = "--timings"
     protected = _input_files(inputs)
+    if args.timings:
+        _check_timings_file(Path(args.timings), targets, protected)
     _refuse_unsafe_outputs(targets, protected, args.overwrite)
+    if args.timings and Path(args.timings).exists() and not args.overwrite:
+        raise DSSMError(f"--timings {args.timings} already exists; pass --overwrite to replace it, or name another "
+                        "file")
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
@@ -378,7 +418,6 @@ def cmd_segment(args) -> int:
           f" on {segmenter.device}: {len(inputs)} input(s) -> {out_dir}")
     report = {"model": bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
               "tta": segmenter.tta, "samples": segmenter.samples, "cases": [], "failed": [], "skipped": []}
-    explicit = {Path(item) for item in args.inputs}
     fail_fast = args.fail_fast or len(inputs) == 1  # one input: its error is the whole story
     # the bar goes to a terminal only; the per-case lines go through it, so that neither breaks the other
     bar = tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2 or not sys.stderr.isatty())

@@ -70,6 +70,8 @@ def skip_reason(path: Path) -> Optional[str]:
     """Why a file found in a folder is not an image to segment (its name marks a label map or an output of
     ``dssm segment``), or None."""
     stem = stem_of(path)
+    if stem.startswith("."):
+        return "a hidden file (macOS writes ._X beside X on some drives)"
     if stem.lower().endswith(OUTPUT_SUFFIXES):
         return "an output of dssm segment"
     if LABEL_MAP_NAME.search(stem):
