@@ -78,6 +78,13 @@ def bad(tmp_path_factory):
     with_inf[0, 0, 0] = np.inf
     files["inf-mha"] = _volume(with_inf, d / "inf.mha")
     files["nan-float64-nii"] = _volume(with_nan.astype(np.float64), d / "nan64.nii")
+    # pictures cut off (a broken download): libjpeg decodes a cut JPEG anyway, grey where data is missing
+    for key, source, name in (("truncated-jpg", ISIC / "images" / "ISIC_0000007.jpg", "cut.jpg"),
+                              ("truncated-png", XRAY, "cut.png")):
+        _need(source)
+        picture = source.read_bytes()
+        (d / name).write_bytes(picture[: len(picture) * 3 // 5])
+        files[key] = d / name
     return files
 
 
@@ -96,6 +103,8 @@ CASES = {
     "nan-float64-nii": ("heart-cine-mri", "nan-float64-nii", ["100 NaN"]),
     "nan-nrrd": ("heart-cine-mri", "nan-nrrd", ["100 NaN"]),
     "inf-mha": ("heart-cine-mri", "inf-mha", ["1 NaN or infinite"]),
+    "truncated-jpg": ("skin-lesion-dermoscopy", "truncated-jpg", ["truncated", "copy or export the file again"]),
+    "truncated-png": ("lungs-cxr", "truncated-png", ["cannot read", "cut.png"]),
 }
 
 

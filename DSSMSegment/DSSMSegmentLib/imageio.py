@@ -289,6 +289,19 @@ def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Opt
     return image
 
 
+def _jpeg_check(path: Path) -> None:
+    """Refuse a cut-off JPEG file, which libjpeg decodes anyway, with its missing part grey, after a warning on
+    stderr: the image data must end with the end-of-image marker after its last scan. (Inside the scan data a
+    0xFF byte is always followed by 0x00, so a marker can only be a marker; an EXIF thumbnail's own markers come
+    before the main image's scans.)"""
+    if not path.name.lower().endswith((".jpg", ".jpeg")) or not path.is_file():
+        return
+    data = path.read_bytes()
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise DSSMError(f"{path} is truncated or corrupt: its JPEG data stops before the end of the image (a cut-off "
+                        "download or copy); copy or export the file again.")
+
+
 def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
     """Read a file or a DICOM series folder; raise a DSSMError if it is not an image.
 
@@ -302,6 +315,7 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
     header = _nifti_header(path)
     if header is not None and any(n <= 0 for n in header["size"]):
         raise DSSMError(f"{path} is empty (size {'x'.join(map(str, header['size']))}); there is nothing to segment.")
+    _jpeg_check(path)
     try:
         with _quiet_native_stderr():
             if path.is_dir():
