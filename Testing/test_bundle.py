@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import BUNDLED, MODELS
+from conftest import BUNDLED, CXR, MODELS, _need, describe, run_dssm
 from DSSMSegmentLib.bundle import (META_FILE, WEIGHTS_FILE, ModelBundle, available_models, resolve_model,
                                    save_bundle)
 from DSSMSegmentLib.errors import DSSMError
@@ -57,6 +57,32 @@ def test_resolve_by_name_and_by_path_and_list() -> None:
     names = [m.name for m in available_models()]
     assert names[:5] == sorted(BUNDLED)  # bundled first
     assert "heart-cine-mri-baseline" in names
+
+
+def test_local_models_are_found_by_their_listed_name_and_left_out_ones_are_named(tmp_path) -> None:
+    """``dssm models`` lists model.json's name, so ``--model`` takes that name (not only the folder's) and a file
+    in a bundle; a folder left out of the list (unreadable, or a name taken by an earlier bundle) is said to be."""
+    _need(CXR / "images" / "MCUCXR_0006_0.png")
+    local = tmp_path / "models"
+    shutil.copytree(MODELS / "lungs-cxr", local / "lungs-2026-run3")
+    meta = json.loads((local / "lungs-2026-run3" / META_FILE).read_text(encoding="utf-8"))
+    (local / "lungs-2026-run3" / META_FILE).write_text(json.dumps(dict(meta, name="my-lungs")), encoding="utf-8")
+    shutil.copytree(MODELS / "lungs-cxr", local / "lungs-copy")  # still named lungs-cxr: the bundled one wins
+    (local / "broken").mkdir()
+    (local / "broken" / META_FILE).write_text("{ not json", encoding="utf-8")
+    env = {"DSSM_MODELS_PATH": str(local)}
+    listed = run_dssm(["models"], cwd=tmp_path, env=env)
+    assert listed.returncode == 0, describe(listed)
+    assert any(line.startswith("my-lungs  [") for line in listed.stdout.splitlines()), listed.stdout
+    warnings = listed.stderr.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("dssm: warning: ") for w in warnings), listed.stderr
+    assert f"{local / 'broken'} is left out: " in warnings[0]
+    assert f"{local / 'lungs-copy'} is left out: its model name 'lungs-cxr' is taken by {MODELS / 'lungs-cxr'}" \
+        in warnings[1]
+    for model in ("my-lungs", "lungs-2026-run3", local / "lungs-2026-run3" / WEIGHTS_FILE):
+        proc = run_dssm(["segment", "--model", model, "--steps", "0", "-o", tmp_path / "out", "--overwrite",
+                         CXR / "images" / "MCUCXR_0006_0.png"], cwd=tmp_path, env=env)
+        assert proc.returncode == 0 and "model my-lungs " in proc.stdout, describe(proc)
 
 
 def test_save_bundle_round_trip_is_exact(tmp_path, heart_bundle, heart_segmenter) -> None:

@@ -249,32 +249,46 @@ def save_bundle(network: "torch.nn.Module", folder: Path, meta: dict) -> ModelBu
     return ModelBundle(folder)
 
 
-def available_models() -> List[ModelBundle]:
-    """Every readable bundle in the search paths (bundled first). Unreadable folders are skipped."""
-    found, seen = [], set()
+def available_models(problems: Optional[List[str]] = None) -> List[ModelBundle]:
+    """Every readable bundle in the search paths (bundled first), one per model name. A folder that is left out
+    (unreadable, or its name taken by a bundle earlier in the search path) gets a line in ``problems``."""
+    found, seen = [], {}
     for root in model_search_paths():
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
             try:
                 bundle = ModelBundle(folder)
-            except DSSMError:
+            except DSSMError as exc:
+                if problems is not None:
+                    problems.append(f"{folder} is left out: {exc}")
                 continue
-            if bundle.name not in seen:
-                seen.add(bundle.name)
-                found.append(bundle)
+            if bundle.name in seen:
+                if problems is not None:
+                    problems.append(f"{folder} is left out: its model name '{bundle.name}' is taken by {seen[bundle.name]}, "
+                                    "which comes first in the search path; rename one in its model.json")
+                continue
+            seen[bundle.name] = folder
+            found.append(bundle)
     return found
 
 
 def resolve_model(name_or_path: str) -> ModelBundle:
-    """A bundle folder path, or the name of a bundled or local model."""
+    """A bundle folder (or a file in one: its model.json or weights), or the name of a bundled or local model,
+    as ``dssm models`` lists it (or its folder's name)."""
     path = Path(name_or_path).expanduser()
+    if path.is_file() and path.name in (META_FILE, WEIGHTS_FILE):
+        path = path.parent
     if path.is_dir():
         return ModelBundle(path)
     for root in model_search_paths():
         if (root / name_or_path / META_FILE).is_file():
             return ModelBundle(root / name_or_path)
-    names = ", ".join(b.name for b in available_models()) or "none"
+    models = available_models()
+    for bundle in models:
+        if bundle.name == name_or_path:
+            return bundle
+    names = ", ".join(b.name for b in models) or "none"
     raise DSSMError(f"model '{name_or_path}' not found (available: {names}); "
                     "pass a model name from 'dssm models' or the path of a bundle folder")
 

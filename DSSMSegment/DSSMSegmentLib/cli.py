@@ -596,7 +596,10 @@ def cmd_cache(args) -> int:
 def cmd_models(args) -> int:
     from .bundle import available_models
 
-    models = available_models()
+    problems: List[str] = []
+    models = available_models(problems)
+    for problem in problems:  # on stderr, so that --json stays JSON
+        print(f"dssm: warning: {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([m.summary() for m in models], indent=2))
         return 0
