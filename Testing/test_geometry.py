@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import (ACDC, CXR, ISIC, LV, MYO, RV, _need, crop_slices, describe, dice, grid_report, run_dssm,
-                      same_grid)
+from conftest import (ACDC, CXR, ISIC, LV, MYO, RV, _need, assert_one_error_line, crop_slices, describe, dice,
+                      grid_report, run_dssm, same_grid)
 from DSSMSegmentLib import cli
 from DSSMSegmentLib.imageio import read_image
 
@@ -28,13 +28,14 @@ def rotation(axis, degrees) -> np.ndarray:
     return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx
 
 
-def write_dicom_series(image: sitk.Image, folder) -> None:
-    """One DICOM file per slice (int16 MR), with position/orientation tags: a DICOM series folder."""
-    folder.mkdir()
+def write_dicom_series(image: sitk.Image, folder, series: int = 1, description: str = "dssm test series") -> None:
+    """One DICOM file per slice (int16 MR), with position/orientation tags: a DICOM series folder (another
+    ``series`` number adds a second series to the folder)."""
+    folder.mkdir(exist_ok=True)
     d = image.GetDirection()
-    uid = "1.2.826.0.1.3680043.2.1125.1.20261124.1"
+    uid = f"1.2.826.0.1.3680043.2.1125.1.20261124.{series}"
     tags = [("0008|0060", "MR"), ("0008|0008", "DERIVED\\SECONDARY"), ("0020|000e", uid),
-            ("0020|000d", uid + ".0"), ("0008|103e", "dssm test series"),
+            ("0020|000d", uid + ".0"), ("0008|103e", description), ("0020|0011", str(series)),
             ("0020|0037", "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])))]
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -46,7 +47,7 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
         s.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
         s.SetMetaData("0020|0013", str(k + 1))
         s.SetMetaData("0008|0018", f"{uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"s{series}slice{k:03d}.dcm"))
         writer.Execute(s)
 
 
@@ -130,6 +131,22 @@ def test_dicom_series_mask_equals_plain_mask(volumes, segmented) -> None:
     plain = sitk.GetArrayFromImage(sitk.ReadImage(str(segmented / "plain.nii.gz")))
     dicom = sitk.GetArrayFromImage(sitk.ReadImage(str(segmented / "dicom_oblique.nii.gz")))
     assert np.array_equal(plain, dicom), f"{int((plain != dicom).sum())} voxels differ"
+
+
+def test_a_folder_of_two_dicom_series_is_refused_naming_each(volumes, tmp_path) -> None:
+    """A folder exported from a scanner often holds several series (a localizer beside the cine). Only the first
+    used to be segmented, without a word; now the folder is refused, each series named, and nothing written."""
+    folder, _ = volumes
+    exam = tmp_path / "exam"
+    shutil.copytree(folder / "dicom_oblique", exam)
+    write_dicom_series(sitk.ReadImage(str(folder / "plain.nii.gz"))[:, :, :2], exam, series=7, description="localizer")
+    out = tmp_path / "out"
+    proc = run_dssm(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", out, exam], cwd=tmp_path)
+    line = assert_one_error_line(proc.returncode, proc.stderr)
+    assert f"{exam} holds 2 DICOM series (" in line, line
+    assert "series 1 'dssm test series' (4 files)" in line and "series 7 'localizer' (2 files)" in line, line
+    assert "put each series in a folder of its own" in line
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_permuted_axes_give_the_permuted_mask(volumes, segmented) -> None:

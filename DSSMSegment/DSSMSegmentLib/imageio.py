@@ -289,6 +289,25 @@ def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Opt
     return image
 
 
+def _describe_series(folder: Path, ids: List[str]) -> str:
+    """``series 5 'cine SAX' (30 files), ...``: each series by its number and description, as a scanner lists
+    them (its UID where it has neither)."""
+    parts = []
+    for uid in ids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        try:
+            reader.ReadImageInformation()
+            tags = {k: reader.GetMetaData(k).strip() for k in ("0020|0011", "0008|103e") if reader.HasMetaDataKey(k)}
+        except RuntimeError:
+            tags = {}
+        name = " ".join(filter(None, [tags.get("0020|0011", ""), repr(tags["0008|103e"]) if tags.get("0008|103e")
+                                      else ""])) or uid
+        parts.append(f"series {name} ({len(files)} file{'s' if len(files) > 1 else ''})")
+    return ", ".join(parts)
+
+
 def _jpeg_check(path: Path) -> None:
     """Refuse a cut-off JPEG file, which libjpeg decodes anyway, with its missing part grey, after a warning on
     stderr: the image data must end with the end-of-image marker after its last scan. (Inside the scan data a
@@ -322,6 +341,10 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
                 ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
                 if not ids:
                     raise DSSMError(f"{path} is a folder without a DICOM series")
+                if len(ids) > 1:
+                    raise DSSMError(f"{path} holds {len(ids)} DICOM series ({_describe_series(path, ids)}); dssm "
+                                    "segments one series per folder: put each series in a folder of its own (Slicer's "
+                                    "DICOM module or dcm2niix can export them) and give the one to segment")
                 reader = sitk.ImageSeriesReader()
                 reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
                 image = reader.Execute()
