@@ -85,6 +85,10 @@ def bad(tmp_path_factory):
         picture = source.read_bytes()
         (d / name).write_bytes(picture[: len(picture) * 3 // 5])
         files[key] = d / name
+    volume = d / "whole.mha"
+    _volume(heart, volume)
+    (d / "cut.mha").write_bytes(volume.read_bytes()[: volume.stat().st_size // 2])  # ITK: "No such file", wrongly
+    files["truncated-mha"] = d / "cut.mha"
     return files
 
 
@@ -105,6 +109,7 @@ CASES = {
     "inf-mha": ("heart-cine-mri", "inf-mha", ["1 NaN or infinite"]),
     "truncated-jpg": ("skin-lesion-dermoscopy", "truncated-jpg", ["truncated", "copy or export the file again"]),
     "truncated-png": ("lungs-cxr", "truncated-png", ["cannot read", "cut.png"]),
+    "truncated-mha": ("heart-cine-mri", "truncated-mha", ["cannot read", "a truncated or corrupt file"]),
 }
 
 

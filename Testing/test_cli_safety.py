@@ -226,6 +226,15 @@ def test_a_folder_segmented_into_itself_can_be_segmented_again(tmp_path, capfd) 
     assert code == 2 and "already exists; pass --overwrite" in captured.err
 
 
+def test_a_folder_of_patient_folders_says_to_name_the_subfolders(small_heart, tmp_path, capfd) -> None:
+    (tmp_path / "study" / "patient011").mkdir(parents=True)
+    shutil.copy(small_heart, tmp_path / "study" / "patient011" / small_heart.name)
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "-o", tmp_path / "out", tmp_path / "study"], capfd)
+    line = assert_one_error_line(code, captured.err)
+    assert f"no images found in folder {tmp_path / 'study'}" in line, line
+    assert f"its 1 subfolder(s) are not searched: name them, e.g. {tmp_path / 'study' / '*'}" in line, line
+
+
 def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(small_heart, tmp_path, capfd) -> None:
     (tmp_path / "folder").mkdir()
     out = tmp_path / "out"
@@ -387,6 +396,7 @@ CHECK_WITHOUT_TORCH = ("import sys; from DSSMSegmentLib.cli import main\n"
     (["--model", "lungs-cxr", "--device", "gpu0", "-o", "{out}"], "argument --device: 'gpu0' is not a device"),
     (["--model", "lungs-cxr", "--seed", str(2 ** 64), "-o", "{out}"], "argument --seed: must be 9223372036854775807 or less"),
     (["--model", "lungs-cxr", "-o", "{file}"], "is a file; -o names the output folder"),
+    (["--model", "lungs-cxr", "-o", ""], "argument -o/--output: is empty; name the output folder"),
     (["--model", "no-such-model", "-o", "{out}"], "model 'no-such-model' not found"),
     (["--model", "lungs-cxr", "-o", "{out}"], "already exist"),  # {out} holds an earlier mask of the X-ray
 ])

@@ -41,6 +41,13 @@ def _count(minimum: int, maximum: Optional[int] = None):
     return parse
 
 
+def _folder(text: str) -> str:
+    """An output folder: not an empty name (which would mean the current folder without saying so)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name the output folder (-o . for the current one)")
+    return text
+
+
 def _probability(text: str) -> float:
     """A probability in [0, 1), for --stage1-dropout."""
     try:
@@ -94,7 +101,7 @@ def _add_segment(sub) -> None:
                        "without --overwrite, and an input is never replaced. Files in a folder that are label maps (names ending _gt, _seg, "
                        "_label, _mask, ...; or a few integer values) or earlier outputs are skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
-    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("-o", "--output", type=_folder, required=True, help="output folder (created if missing)")
     p.add_argument("--model", required=True, help="model name (see 'dssm models') or bundle folder")
     p.add_argument("--steps", type=_count(0), default=None,
                    help="Markov steps K (0 = no refinement; default: the model's own, see 'dssm models')")

@@ -115,7 +115,11 @@ def expand_inputs(inputs: Iterable[str]) -> tuple:
                 else:
                     found.append(child)
             if not children:
-                raise DSSMError(f"no images found in folder {path} (looked for NIfTI, NRRD, MHA, DICOM, PNG, JPG, BMP)")
+                subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+                hint = (f"; its {len(subfolders)} subfolder(s) are not searched: name them, e.g. {path / '*'}"
+                        if subfolders else "")
+                raise DSSMError(f"no images found in folder {path} (looked for NIfTI, NRRD, MHA, DICOM, PNG, JPG, "
+                                f"BMP){hint}")
     return found, skipped
 
 
@@ -356,9 +360,12 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
                     if image is None:
                         raise
     except RuntimeError as exc:
+        reason = _sitk_reason(exc)
+        if path.is_file() and "No such file or directory" in reason:  # ITK's stale errno for a cut-off MHA/NRRD
+            reason = "its data could not be read (a truncated or corrupt file, or not the format its name says)"
         raise DSSMError(
             f"cannot read {path}: not an image that SimpleITK can read (NIfTI, NRRD, MHA, DICOM series, "
-            f"PNG/JPG/BMP): {_sitk_reason(exc)}"
+            f"PNG/JPG/BMP): {reason}"
         ) from None
     if header is not None:
         _nifti_check_data(path, header)
