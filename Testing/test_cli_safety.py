@@ -91,10 +91,16 @@ def test_existing_outputs_are_kept_unless_overwrite(small_heart, tmp_path, capfd
                             tmp_path / "t.json", "-o", tmp_path / "other", small_heart], capfd)
     assert "t.json" in assert_one_error_line(code, captured.err)
     assert not (tmp_path / "other").exists()
+    (out / "p011_overlay.png").write_bytes(XRAY.read_bytes())  # the overlay of the earlier mask
     code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "--overwrite", "-o", out,
                             small_heart], capfd)
     assert code == 0, captured.err
     assert same_grid(sitk.ReadImage(str(earlier)), sitk.ReadImage(str(small_heart)))
+    # that overlay is not written again, so it no longer shows the mask beside it: said, and left alone
+    assert captured.err.splitlines() == [
+        f"dssm: note: {out / 'p011_overlay.png'} is from an earlier run and will not match the new mask of "
+        f"{small_heart}; delete it, or pass the option that writes it again (--overlay, --uncertainty)"]
+    assert (out / "p011_overlay.png").read_bytes() == XRAY.read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -98,8 +98,9 @@ def _add_segment(sub) -> None:
                        "OUTPUT/X.png (a 2D picture: PNG, JPG, BMP, TIFF; label values 0, 1, ..., so it looks black in "
                        "an image viewer) or OUTPUT/X.nii.gz (anything else: a volume, a DICOM series, a 2D NIfTI, NRRD "
                        "or MHA image, whose geometry a PNG could not keep). Existing outputs are never replaced "
-                       "without --overwrite, and an input is never replaced. Files in a folder that are label maps (names ending _gt, _seg, "
-                       "_label, _mask, ...; or a few integer values) or earlier outputs are skipped.")
+                       "without --overwrite, and an input is never replaced. Files in a folder that are label maps "
+                       "(names ending _gt, _seg, _label, _mask, ...; or a few integer values) or earlier outputs are "
+                       "skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
     p.add_argument("-o", "--output", type=_folder, required=True, help="output folder (created if missing)")
     p.add_argument("--model", required=True, help="model name (see 'dssm models') or bundle folder")
@@ -405,6 +406,11 @@ def cmd_segment(args) -> int:
     if args.timings and Path(args.timings).exists() and not args.overwrite:
         raise DSSMError(f"--timings {args.timings} already exists; pass --overwrite to replace it, or name another "
                         "file")
+    for path in inputs:  # an overlay or uncertainty map of an earlier run that this run does not write again
+        for stale in _outputs_of(path, out_dir, True, uncertainty=True)[1:]:
+            if stale not in targets and stale.is_file():
+                print(f"dssm: note: {stale} is from an earlier run and will not match the new mask of {path}; "
+                      "delete it, or pass the option that writes it again (--overlay, --uncertainty)", file=sys.stderr)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
