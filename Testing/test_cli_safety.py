@@ -403,6 +403,7 @@ CHECK_WITHOUT_TORCH = ("import sys; from DSSMSegmentLib.cli import main\n"
     (["--model", "lungs-cxr", "--seed", str(2 ** 64), "-o", "{out}"], "argument --seed: must be 9223372036854775807 or less"),
     (["--model", "lungs-cxr", "-o", "{file}"], "is a file; -o names the output folder"),
     (["--model", "lungs-cxr", "-o", ""], "argument -o/--output: is empty; name the output folder"),
+    (["--model", "lungs-cxr", "-o", "{file}/masks"], "cannot write into -o"),  # said once, not after each input
     (["--model", "no-such-model", "-o", "{out}"], "model 'no-such-model' not found"),
     (["--model", "lungs-cxr", "-o", "{out}"], "already exist"),  # {out} holds an earlier mask of the X-ray
 ])
@@ -412,7 +413,7 @@ def test_mistakes_in_the_command_are_refused_before_torch_is_imported(args, mess
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / XRAY.name).write_text("an earlier mask")
     fill = {"{file}": str(tmp_path / "a_file"), "{out}": str(tmp_path / "out")}
-    command = ["segment", *[fill.get(a, a) for a in args], str(XRAY)]
+    command = ["segment", *[a.format(file=fill["{file}"], out=fill["{out}"]) for a in args], str(XRAY)]
     proc = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *command], env=subprocess_env(),
                           capture_output=True, text=True)
     assert proc.returncode == 2, describe(proc)

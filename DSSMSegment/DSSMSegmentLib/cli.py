@@ -360,6 +360,19 @@ def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
                         "timings")
 
 
+def _check_writable(out_dir: Path) -> None:
+    """Create the output folder and try a file in it, before the model loads: a folder that cannot be written
+    (no permission, a read-only disk, a file on the way) is said once, not after each input's work."""
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise DSSMError(f"cannot write into -o {out_dir}: {exc.strerror or exc}; choose another output folder") from None
+
+
 def _shard() -> tuple:
     """``(RANK, WORLD_SIZE)`` from the environment (torchrun sets them), checked: (0, 1) when unset."""
     try:
@@ -411,6 +424,8 @@ def cmd_segment(args) -> int:
             if stale not in targets and stale.is_file():
                 print(f"dssm: note: {stale} is from an earlier run and will not match the new mask of {path}; "
                       "delete it, or pass the option that writes it again (--overlay, --uncertainty)", file=sys.stderr)
+
+    _check_writable(out_dir)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
