@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -321,7 +322,11 @@ class DSSMSegmentLogic:
     def availableModels(self) -> List["ModelBundle"]:
         from DSSMSegmentLib.bundle import available_models
 
-        return available_models()
+        problems: List[str] = []
+        models = available_models(problems)
+        for problem in problems:  # to Slicer's log, as 'dssm models' says them on stderr
+            logging.warning(f"DSSM: {problem}")
+        return models
 
     def gpuStatus(self) -> GpuStatus:
         import torch
