@@ -300,6 +300,41 @@ def test_truly_broken_direction_is_refused_with_a_reason(small_heart, tmp_path, 
     assert files_under(tmp_path / "out") == []
 
 
+def _sheared_nrrd(source: Path, target: Path, shear: float) -> Path:
+    """``source`` as an NRRD whose first axis leans by ``shear`` towards y: a sheared grid, which NRRD can hold."""
+    sitk.WriteImage(sitk.ReadImage(str(source)), str(target), False)
+    header, _, data = target.read_bytes().partition(b"\n\n")
+    lines = header.decode("ascii").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("space directions:"):
+            axes = [[float(v) for v in axis.strip("()").split(",")] for axis in line.split(":", 1)[1].split()]
+            axes[0][1] = shear * axes[0][0]
+            lines[i] = "space directions: " + " ".join("(" + ",".join(f"{v:.8g}" for v in a) + ")" for a in axes)
+    target.write_bytes("\n".join(lines).encode("ascii") + b"\n\n" + data)
+    return target
+
+
+def test_a_sheared_nrrd_is_refused_and_a_nearly_orthogonal_one_read_with_a_note(small_heart, tmp_path, capfd) -> None:
+    """NRRD and MHA can hold a sheared grid, which ITK reads as it is but no NIfTI mask can lie on: the mask
+    used to be written with another direction than its image's, without a word."""
+    sheared = _sheared_nrrd(small_heart, tmp_path / "tilted.nrrd", 0.2)
+    direction = np.reshape(sitk.ReadImage(str(sheared)).GetDirection(), (3, 3))
+    assert np.abs(direction.T @ direction - np.eye(3)).max() > 0.1, "ITK reads the shear as it is"
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", sheared],
+                           capfd)
+    line = assert_one_error_line(code, captured.err)
+    assert "its voxel grid is sheared" in line and "Resample it onto an orthogonal grid first" in line, line
+    assert files_under(tmp_path / "out") == []
+    slight = _sheared_nrrd(small_heart, tmp_path / "slight.nrrd", 0.002)
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", slight],
+                           capfd)
+    assert code == 0, captured.err
+    assert captured.err.startswith(f"dssm: note: {slight}: direction cosines off orthonormal by 2.0e-03; ")
+    mask, image = sitk.ReadImage(str(tmp_path / "out" / "slight.nii.gz")), sitk.ReadImage(str(slight))
+    assert mask.GetSize() == image.GetSize() and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert np.allclose(mask.GetDirection(), image.GetDirection(), atol=0.01)
+
+
 def test_mask_of_an_acdc_volume_keeps_its_header_geometry(small_heart, tmp_path, capfd) -> None:
     code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path, HEART], capfd)
     assert code == 0, captured.err
@@ -379,7 +414,8 @@ def test_a_4000_px_xray_stays_within_the_benchmark_memory_limit(xray_variants, t
     code = ("import sys; from DSSMSegmentLib.cli import main; rc = main(sys.argv[1:]); "
             "print('peak_kb', open('/proc/self/status').read().split('VmHWM:')[1].split()[0]); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "segment", "--model", "lungs-cxr", "-o", str(tmp_path),
-                           str(files["monochrome2"])], env=subprocess_env(), capture_output=True, text=True)
+                           str(files["monochrome2"])], env=subprocess_env(), capture_output=True, text=True,
+                          encoding="utf-8", errors="replace")
     assert proc.returncode == 0, describe(proc)
     peak_gb = int(proc.stdout.split("peak_kb")[1]) / 2 ** 20
     assert peak_gb < 1.5, f"peak RAM {peak_gb:.2f} GB"
@@ -415,7 +451,7 @@ def test_mistakes_in_the_command_are_refused_before_torch_is_imported(args, mess
     fill = {"{file}": str(tmp_path / "a_file"), "{out}": str(tmp_path / "out")}
     command = ["segment", *[a.format(file=fill["{file}"], out=fill["{out}"]) for a in args], str(XRAY)]
     proc = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *command], env=subprocess_env(),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert proc.returncode == 2, describe(proc)
     assert message in proc.stderr, describe(proc)
     assert proc.stdout.strip().endswith("torch not imported"), describe(proc)
@@ -434,7 +470,7 @@ def test_cache_mistakes_are_refused_and_replace_nothing(args, message, tmp_path)
     (tmp_path / "mine.npz").write_text("my own data")
     command = ["cache", "--recipe", "prostate-t2-mri", *[a.replace("{dir}", str(tmp_path)) for a in args]]
     proc = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_TORCH, *command], env=subprocess_env(),
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     assert proc.returncode == 2, describe(proc)
     assert message in proc.stderr and "Traceback" not in proc.stderr, describe(proc)
     assert proc.stdout.strip().endswith("torch not imported"), describe(proc)
@@ -458,7 +494,7 @@ def test_a_cache_build_that_fails_midway_leaves_the_earlier_cache_as_it_was(tmp_
     before = earlier.read_bytes()
     proc = subprocess.run([sys.executable, "-m", "DSSMSegmentLib.cli", "cache", "--recipe", "prostate-t2-mri",
                            "--data", f"prostate158={data}", "--out", str(earlier)], env=subprocess_env(),
-                          capture_output=True, text=True, cwd=tmp_path)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path)
     last = proc.stderr.strip().splitlines()[-1]  # after the progress bar, one line says what and where
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, describe(proc)
     assert last.startswith("dssm: error: cannot read") and "002" in last, describe(proc)
@@ -507,7 +543,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_leaves_no_partial_file(small_hea
     out = tmp_path / "out"
     proc = subprocess.Popen(dssm_command() + ["segment", "--model", "heart-cine-mri", "--steps", "0", "--overlay",
                                               "-o", str(out), str(folder)], cwd=str(tmp_path), env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            errors="replace")
     proc.stdout.readline()  # the model line
     proc.stdout.readline()  # the first case is written
     proc.send_signal(signal.SIGTERM)

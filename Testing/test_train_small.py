@@ -259,7 +259,7 @@ def test_training_from_a_cache_needs_neither_simpleitk_nor_medpy(dssm_run, tmp_p
     assert (tmp_path / "run" / "bundle" / "prostate-t2-mri-baseline" / "model.safetensors").is_file()
     for module in ("SimpleITK", "medpy.metric"):  # the block holds: neither can be imported in that environment
         probe = subprocess.run([sys.executable, "-c", f"import {module}"], env={**subprocess_env(), **env},
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, encoding="utf-8", errors="replace")
         assert probe.returncode != 0 and "not installed on the GPU host" in probe.stderr, probe.stderr
 
 

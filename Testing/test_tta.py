@@ -106,7 +106,7 @@ def test_bundles_are_listed_without_pytorch() -> None:
         "assert 'torch' not in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 0, proc.stderr
     listed = proc.stdout.splitlines()[0].split(",")
     assert listed[:len(BUNDLED)] == BUNDLED

@@ -369,7 +369,25 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
         ) from None
     if header is not None:
         _nifti_check_data(path, header)
+    _check_direction(image, path, notes)
     return image
+
+
+def _check_direction(image: sitk.Image, path: Path, notes: Optional[list]) -> None:
+    """A sheared grid (direction cosines not orthonormal; NRRD and MHA can hold one, e.g. a CT with gantry tilt)
+    has no NIfTI mask that lies on it: refused beyond :data:`DIRECTION_TOLERANCE`, a note below it (the mask gets
+    the nearest orthonormal direction), as for NIfTI headers."""
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    deviation = float(np.abs(direction.T @ direction - np.eye(dim)).max())
+    if deviation > DIRECTION_TOLERANCE:
+        raise DSSMError(f"cannot segment {path}: its voxel grid is sheared (direction cosines off orthonormal by "
+                        f"{deviation:.1e}, more than the {DIRECTION_TOLERANCE:g} DSSMSegment corrects), as after a CT "
+                        "gantry tilt, and a NIfTI mask cannot lie on it. Resample it onto an orthogonal grid first (e.g. "
+                        "Slicer's Resample Scalar Volume module), or fix its header")
+    if deviation > 1e-5 and notes is not None:
+        notes.append(f"{path}: direction cosines off orthonormal by {deviation:.1e}; the mask gets the nearest "
+                     "orthonormal direction")
 
 
 def image_channels(image: sitk.Image) -> int:
