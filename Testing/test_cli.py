@@ -95,7 +95,8 @@ def test_timings_json_has_per_case_stages(folder_run) -> None:
     report = json.loads(timings.read_text(encoding="utf-8"))
     assert report["model"] == "heart-cine-mri" and report["device"] == "cpu"
     assert report["model_load_seconds"] > 0
-    assert report["tta"] is False and report["samples"] == 1  # the settings the masks were made with
+    # the settings the masks were made with (--steps 1; no --seed: 0)
+    assert report["tta"] is False and report["samples"] == 1 and report["steps"] == 1 and report["seed"] == 0
     assert [c["input"].rsplit("/", 1)[-1] for c in report["cases"]] == [f"{p}.nii.gz" for p in PATIENTS]
     for case in report["cases"]:
         stages = case["stages"]

@@ -445,6 +445,7 @@ def cmd_segment(args) -> int:
     print(f"model {bundle.name} ({bundle.architecture.kind}, K={steps if bundle.architecture.kind == 'dssm' else '-'})"
           f" on {segmenter.device}: {len(inputs)} input(s) -> {out_dir}")
     report = {"model": bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
+              "steps": steps if bundle.architecture.kind == "dssm" else None, "seed": args.seed,
               "tta": segmenter.tta, "samples": segmenter.samples, "cases": [], "failed": [], "skipped": []}
     fail_fast = args.fail_fast or len(inputs) == 1  # one input: its error is the whole story
     # the bar goes to a terminal only; the per-case lines go through it, so that neither breaks the other
