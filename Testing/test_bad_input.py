@@ -130,6 +130,23 @@ def test_bad_image_gives_one_error_line_and_no_output(case, bad, tmp_path, capfd
     assert files_under(out) == [], files_under(out)
 
 
+def test_a_jpeg_with_data_after_its_end_is_read_and_an_mhd_without_its_data_file_says_so(tmp_path) -> None:
+    """Phones append a video after a JPEG's end (motion photos), which may hold any bytes: that is no cut-off file.
+    A .mhd header whose .raw data file is missing keeps ITK's own reason, "No such file or directory"."""
+    from DSSMSegmentLib.imageio import read_image
+
+    source = ISIC / "images" / "ISIC_0000007.jpg"
+    _need(source)
+    photo = tmp_path / "motion.jpg"
+    photo.write_bytes(source.read_bytes() + b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x00\x08" * 4 + b"video")
+    assert read_image(photo).GetSize() == read_image(source).GetSize()
+    header = tmp_path / "volume.mhd"
+    sitk.WriteImage(sitk.Image(8, 8, 2, sitk.sitkInt16) + 1, str(header))
+    header.with_suffix(".raw").unlink()
+    with pytest.raises(DSSMError, match="No such file or directory"):
+        read_image(header)
+
+
 @pytest.mark.parametrize("model,image", [
     ("heart-cine-mri", ISIC / "images" / "ISIC_0000007.jpg"),  # RGB dermoscopy into the grayscale heart model
     ("skin-lesion-dermoscopy", XRAY),  # grayscale X-ray into the RGB skin model

@@ -246,7 +246,8 @@ def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(smal
     out = tmp_path / "out"
     for timings, message in ((tmp_path / "folder", "is a folder; --timings names the JSON file"),
                              (small_heart, "is one of the inputs"),
-                             (out / small_heart.name, f"is also the output of {small_heart}")):
+                             (out / small_heart.name, f"is also the output of {small_heart}"),
+                             (out / ".." / "out" / small_heart.name, f"is also the output of {small_heart}")):
         code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "--timings", timings,
                                 "-o", out, small_heart], capfd)
         line = assert_one_error_line(code, captured.err)

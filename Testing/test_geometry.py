@@ -239,13 +239,16 @@ def test_a_2d_nifti_nrrd_or_mha_image_keeps_its_geometry_in_a_nifti_mask(tmp_pat
     placed.SetDirection((0.0, 1.0, 1.0, 0.0))  # the rows run along x: a transposed scan
     for suffix in (".nii.gz", ".nrrd", ".mha"):
         sitk.WriteImage(placed, str(inputs / f"placed{suffix.replace('.', '_')}{suffix}"))
+    # the same pixels as a 300-dpi TIFF, whose print resolution SimpleITK reads as a spacing of 0.085 mm
+    Image.open(inputs / "xray.png").save(inputs / "print.tif", dpi=(300, 300))
+    assert sitk.ReadImage(str(inputs / "print.tif")).GetSpacing()[0] == pytest.approx(25.4 / 300, rel=1e-3)
     out = tmp_path / "out"
     captured = _segment_in_process(["segment", "--model", "lungs-cxr", "--steps", "1", "--uncertainty",
                                     "--uncertainty-chains", "2", "-o", out, inputs], capfd)
     written = sorted(p.name for p in out.iterdir())
     stems = ["placed_mha", "placed_nii_gz", "placed_nrrd"]
-    assert written == sorted(["xray.png", "xray_uncertainty.png"] + [f"{s}.nii.gz" for s in stems]
-                             + [f"{s}_uncertainty.nii.gz" for s in stems]), written
+    assert written == sorted(["xray.png", "xray_uncertainty.png", "print.png", "print_uncertainty.png"]
+                             + [f"{s}.nii.gz" for s in stems] + [f"{s}_uncertainty.nii.gz" for s in stems]), written
     png_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "xray.png")))
     for stem in stems:
         mask = sitk.ReadImage(str(out / f"{stem}.nii.gz"))
@@ -254,7 +257,9 @@ def test_a_2d_nifti_nrrd_or_mha_image_keeps_its_geometry_in_a_nifti_mask(tmp_pat
         uncertainty = sitk.ReadImage(str(out / f"{stem}_uncertainty.nii.gz"))
         assert uncertainty.GetPixelID() == sitk.sitkFloat32 and same_grid(uncertainty, placed)
     # areas: in mm^2 where the header gives a pixel size, in pixels for a PNG, which has none
-    lines = [ln for ln in captured.out.splitlines() if "uncertain (" in ln]
-    assert len(lines) == 4
-    assert all(ln.endswith(" px") for ln in lines if "xray_uncertainty.png" in ln)
-    assert sum(ln.endswith(" mm2") for ln in lines) == 3
+    lines = {ln.split(" -> ")[1].split(":")[0]: ln.split(": ", 1)[1] for ln in captured.out.splitlines()
+             if "uncertain (" in ln}
+    assert len(lines) == 5 and all(lines[f"{s}_uncertainty.nii.gz"].endswith(" mm2") for s in stems), lines
+    # a picture's areas are its pixels, whatever print resolution it carries
+    assert lines["xray_uncertainty.png"].endswith(" px")
+    assert lines["print_uncertainty.png"] == lines["xray_uncertainty.png"]

@@ -265,8 +265,8 @@ def available_models(problems: Optional[List[str]] = None) -> List[ModelBundle]:
                 continue
             if bundle.name in seen:
                 if problems is not None:
-                    problems.append(f"{folder} is left out: its model name '{bundle.name}' is taken by {seen[bundle.name]}, "
-                                    "which comes first in the search path; rename one in its model.json")
+                    problems.append(f"{folder} is left out: its model name '{bundle.name}' is taken by "
+                                    f"{seen[bundle.name]}, which comes first in the search path; rename one in its model.json")
                 continue
             seen[bundle.name] = folder
             found.append(bundle)
@@ -281,13 +281,13 @@ def resolve_model(name_or_path: str) -> ModelBundle:
         path = path.parent
     if path.is_dir():
         return ModelBundle(path)
+    models = available_models()
+    for bundle in models:  # the name 'dssm models' and the Slicer panel list first, then a folder's name
+        if bundle.name == name_or_path:
+            return bundle
     for root in model_search_paths():
         if (root / name_or_path / META_FILE).is_file():
             return ModelBundle(root / name_or_path)
-    models = available_models()
-    for bundle in models:
-        if bundle.name == name_or_path:
-            return bundle
     names = ", ".join(b.name for b in models) or "none"
     raise DSSMError(f"model '{name_or_path}' not found (available: {names}); "
                     "pass a model name from 'dssm models' or the path of a bundle folder")

@@ -355,8 +355,9 @@ def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
                         f"{timings / 'timings.json'}")
     if timings.resolve() in protected:
         raise DSSMError(f"--timings {timings} is one of the inputs; name another file for the timings")
-    if timings in targets:
-        raise DSSMError(f"--timings {timings} is also the output of {targets[timings]}; name another file for the "
+    same = [t for t in targets if t.resolve() == timings.resolve()]  # however either is written
+    if same:
+        raise DSSMError(f"--timings {timings} is also the output of {targets[same[0]]}; name another file for the "
                         "timings")
 
 
@@ -370,7 +371,8 @@ def _check_writable(out_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
-        raise DSSMError(f"cannot write into -o {out_dir}: {exc.strerror or exc}; choose another output folder") from None
+        raise DSSMError(f"cannot write into -o {out_dir}: {exc.strerror or exc}; choose another output "
+                        "folder") from None
 
 
 def _shard() -> tuple:
@@ -419,11 +421,6 @@ def cmd_segment(args) -> int:
     if args.timings and Path(args.timings).exists() and not args.overwrite:
         raise DSSMError(f"--timings {args.timings} already exists; pass --overwrite to replace it, or name another "
                         "file")
-    for path in inputs:  # an overlay or uncertainty map of an earlier run that this run does not write again
-        for stale in _outputs_of(path, out_dir, True, uncertainty=True)[1:]:
-            if stale not in targets and stale.is_file():
-                print(f"dssm: note: {stale} is from an earlier run and will not match the new mask of {path}; "
-                      "delete it, or pass the option that writes it again (--overlay, --uncertainty)", file=sys.stderr)
 
     _check_writable(out_dir)
 
@@ -433,6 +430,11 @@ def cmd_segment(args) -> int:
     if world > 1:
         print(f"RANK {rank} of WORLD_SIZE {world}: this process segments {len(inputs)} of the {total} inputs "
               f"(every {world}-th, from number {rank + 1})")
+    for path in inputs:  # an overlay or uncertainty map of an earlier run that this run does not write again
+        for stale in _outputs_of(path, out_dir, True, uncertainty=True)[1:]:
+            if stale not in targets and stale.is_file():
+                print(f"dssm: note: {stale} is from an earlier run and will not match the new mask of {path}; "
+                      "delete it, or pass the option that writes it again (--overlay, --uncertainty)", file=sys.stderr)
     from tqdm import tqdm
 
     from .inference import Segmenter
@@ -494,7 +496,7 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
                 f"{', '.join(map(str, values))}); name it on the command line to segment it anyway"}
     outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2, args.uncertainty)
     unplanned = {t: path for t in outputs if targets.get(t) != path}
-    if unplanned:  # a file type that held another dimension than its suffix says (a 3D TIFF, a 2D NRRD)
+    if unplanned:  # a picture file type that held a volume (a 3D TIFF)
         _refuse_unsafe_outputs(unplanned, protected, args.overwrite)
         clash = [t for t in unplanned if t in targets]
         if clash:
@@ -547,10 +549,13 @@ def _write_uncertainty(segmenter, image, result, path: Path, target: Path, overl
         t0 = time.perf_counter()
         write_uncertainty_overlay(image, result.uncertainty, result.labels, segmenter.bundle.labels, level, overlay)
         timings.add("overlay", time.perf_counter() - t0)
-    volumes = unc.uncertain_volumes(result.uncertainty_maps[unc.MEASURE], result.likely_structure, spacing_zyx(image),
-                                    segmenter.bundle.labels, level, is_2d)
-    # a picture file (PNG, JPG, ...) has no physical pixel size: its areas are in pixels
-    unit = ("px" if target.name.lower().endswith(".png") else "mm2") if is_2d else "mL"
+    # a picture file (PNG, JPG, ...) has no physical pixel size (at most a print resolution, which SimpleITK reads
+    # as a spacing): its areas are counted in pixels
+    picture = target.name.lower().endswith(".png")
+    unit = ("px" if picture else "mm2") if is_2d else "mL"
+    volumes = unc.uncertain_volumes(result.uncertainty_maps[unc.MEASURE], result.likely_structure,
+                                    (1.0, 1.0, 1.0) if picture else spacing_zyx(image), segmenter.bundle.labels, level,
+                                    is_2d)
     line = (f"    uncertain ({unc.MEASURE.replace('_', ' ')} > {level:.3f}, {result.uncertainty_chains} chain(s) x "
             f"{len(segmenter.passes())} pass(es)) -> {target.name}: "
             + ", ".join(f"{name} {value:.{0 if is_2d else 2}f} {unit}" for name, value in volumes.items()))

@@ -313,16 +313,21 @@ def _describe_series(folder: Path, ids: List[str]) -> str:
 
 
 def _jpeg_check(path: Path) -> None:
-    """Refuse a cut-off JPEG file, which libjpeg decodes anyway, with its missing part grey, after a warning on
-    stderr: the image data must end with the end-of-image marker after its last scan. (Inside the scan data a
-    0xFF byte is always followed by 0x00, so a marker can only be a marker; an EXIF thumbnail's own markers come
-    before the main image's scans.)"""
+    """Refuse a cut-off JPEG file, which libjpeg (in ITK) decodes anyway, with its missing part grey, after a
+    warning on stderr. Pillow decodes it strictly and says so (data after the image's end, e.g. a phone's motion
+    photo, is no error)."""
     if not path.name.lower().endswith((".jpg", ".jpeg")) or not path.is_file():
         return
-    data = path.read_bytes()
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        raise DSSMError(f"{path} is truncated or corrupt: its JPEG data stops before the end of the image (a cut-off "
-                        "download or copy); copy or export the file again.")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        if "truncated" in str(exc):
+            raise DSSMError(f"{path} is truncated or corrupt: its JPEG data stops before the end of the image (a "
+                            "cut-off download or copy); copy or export the file again.") from None
+        # anything else Pillow dislikes is left to ITK's reader, whose message the user then gets
 
 
 def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
@@ -361,7 +366,8 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
                         raise
     except RuntimeError as exc:
         reason = _sitk_reason(exc)
-        if path.is_file() and "No such file or directory" in reason:  # ITK's stale errno for a cut-off MHA/NRRD
+        # ITK's stale errno for a cut-off MHA or NRRD (one file; a .mhd or .nhdr may really miss its data file)
+        if path.is_file() and path.suffix.lower() in (".mha", ".nrrd") and "No such file or directory" in reason:
             reason = "its data could not be read (a truncated or corrupt file, or not the format its name says)"
         raise DSSMError(
             f"cannot read {path}: not an image that SimpleITK can read (NIfTI, NRRD, MHA, DICOM series, "
@@ -383,8 +389,8 @@ def _check_direction(image: sitk.Image, path: Path, notes: Optional[list]) -> No
     if deviation > DIRECTION_TOLERANCE:
         raise DSSMError(f"cannot segment {path}: its voxel grid is sheared (direction cosines off orthonormal by "
                         f"{deviation:.1e}, more than the {DIRECTION_TOLERANCE:g} DSSMSegment corrects), as after a CT "
-                        "gantry tilt, and a NIfTI mask cannot lie on it. Resample it onto an orthogonal grid first (e.g. "
-                        "Slicer's Resample Scalar Volume module), or fix its header")
+                        "gantry tilt, and a NIfTI mask cannot lie on it. Resample it onto an orthogonal grid first "
+                        "(e.g. Slicer's Resample Scalar Volume module), or fix its header")
     if deviation > 1e-5 and notes is not None:
         notes.append(f"{path}: direction cosines off orthonormal by {deviation:.1e}; the mask gets the nearest "
                      "orthonormal direction")

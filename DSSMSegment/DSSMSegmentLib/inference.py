@@ -268,8 +268,10 @@ class Segmenter:
         if steps < 0:
             raise DSSMError("--steps must be 0 or more")
         if self.bundle.architecture.kind == "dssm":
+            from .sampler import chain_length
+
             cfg = self.network.cfg
-            most = max(1, round(cfg.markov_start * cfg.timesteps))
+            most = chain_length(cfg.timesteps, cfg.markov_start)
             if steps > most:
                 raise DSSMError(f"--steps {steps}: the Markov chain of {self.bundle.name} has at most {most} steps "
                                 f"(one per noise level from {cfg.markov_start:g} x {cfg.timesteps} down); choose "

@@ -51,6 +51,12 @@ class CosineSchedule:
         return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
+def chain_length(timesteps: int, start: float) -> int:
+    """The most Markov steps a chain from ``start x timesteps`` down to 0 can take: one per integer noise level
+    above 0 (its first timestep)."""
+    return max(1, min(timesteps, round(start * timesteps)))
+
+
 class MarkovSampler:
     """K deterministic DDIM steps from ``start * T`` down to 0."""
 
@@ -58,7 +64,7 @@ class MarkovSampler:
         if steps < 1:
             raise ValueError("MarkovSampler needs at least one step")
         self.schedule = schedule
-        t_start = max(1, min(schedule.timesteps, round(start * schedule.timesteps)))
+        t_start = chain_length(schedule.timesteps, start)
         # K timesteps evenly spaced from t_start down to (but excluding) 0, then 0 as the final target. There
         # are only t_start distinct integer timesteps above 0, so a larger K is capped there (a repeated
         # timestep, or t = 0 before the end, would make the DDIM step divide by zero).

@@ -3,11 +3,9 @@ fresh worker process, gather the results into one report, print its Markdown tab
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +23,12 @@ DEFAULT_STEPS = "0,1,2,4,8,16"
 
 
 def benchmark_command(args) -> int:
+    # the prepared cases and the workers' files live in one temporary folder, removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="dssm-benchmark-") as work:
+        return _benchmark(args, Path(work))
+
+
+def _benchmark(args, work: Path) -> int:
     import torch
 
     from ..bundle import resolve_model
@@ -49,8 +53,6 @@ def benchmark_command(args) -> int:
         baseline_name = resolve_model(model + "-baseline").name
     except DSSMError:
         baseline_name = None
-    work = Path(tempfile.mkdtemp(prefix="dssm-benchmark-"))
-    atexit.register(shutil.rmtree, work, True)  # the prepared cases and the workers' files, however the run ends
     cases_npz = work / "cases.npz"
     cases_file = getattr(args, "cases", None)
     if cases_file:
