@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -242,9 +243,13 @@ def test_a_folder_of_patient_folders_says_to_name_the_subfolders(small_heart, tm
 
 
 def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(small_heart, tmp_path, capfd) -> None:
+    """... or a device or a pipe, which writing the file would replace (as root, --timings /dev/null replaced
+    /dev/null with a regular file); a link gets the timings written into the file it points to."""
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe.json")
     out = tmp_path / "out"
     for timings, message in ((tmp_path / "folder", "is a folder; --timings names the JSON file"),
+                             (tmp_path / "pipe.json", "is not a regular file (a device or a pipe)"),
                              (small_heart, "is one of the inputs"),
                              (out / small_heart.name, f"is also the output of {small_heart}"),
                              (out / ".." / "out" / small_heart.name, f"is also the output of {small_heart}")):
@@ -253,6 +258,13 @@ def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(smal
         line = assert_one_error_line(code, captured.err)
         assert f"--timings {timings} {message}" in line, line
         assert not out.exists(), "refused before any work"
+    (tmp_path / "real.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to("real.json")
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "--overwrite", "--timings",
+                            tmp_path / "link.json", "-o", out, small_heart], capfd)
+    assert code == 0, captured.err
+    assert (tmp_path / "link.json").is_symlink() and stat.S_ISFIFO(os.stat(tmp_path / "pipe.json").st_mode)
+    assert json.loads((tmp_path / "real.json").read_text(encoding="utf-8"))["model"] == "heart-cine-mri"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,7 +452,7 @@ CHECK_WITHOUT_TORCH = ("import sys; from DSSMSegmentLib.cli import main\n"
     (["--model", "lungs-cxr", "--seed", str(2 ** 64), "-o", "{out}"], "argument --seed: must be 9223372036854775807 or less"),
     (["--model", "lungs-cxr", "-o", "{file}"], "is a file; -o names the output folder"),
     (["--model", "lungs-cxr", "-o", ""], "argument -o/--output: is empty; name the output folder"),
-    (["--model", "lungs-cxr", "-o", "{file}/masks"], "cannot write into -o"),  # said once, not after each input
+    (["--model", "lungs-cxr", "-o", "{file}/masks"], "cannot write into "),  # said once, not after each input
     (["--model", "no-such-model", "-o", "{out}"], "model 'no-such-model' not found"),
     (["--model", "lungs-cxr", "-o", "{out}"], "already exist"),  # {out} holds an earlier mask of the X-ray
 ])

@@ -41,11 +41,16 @@ def _count(minimum: int, maximum: Optional[int] = None):
     return parse
 
 
-def _folder(text: str) -> str:
-    """An output folder: not an empty name (which would mean the current folder without saying so)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty; name the output folder (-o . for the current one)")
-    return text
+def _named(what: str):
+    """A name that may not be empty (an empty -o would mean the current folder, an empty --timings nothing, without
+    saying so)."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty; name {what}")
+        return text
+
+    parse.__name__ = "name"
+    return parse
 
 
 def _probability(text: str) -> float:
@@ -102,8 +107,10 @@ def _add_segment(sub) -> None:
                        "(names ending _gt, _seg, _label, _mask, ...; or a few integer values) or earlier outputs are "
                        "skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
-    p.add_argument("-o", "--output", type=_folder, required=True, help="output folder (created if missing)")
-    p.add_argument("--model", required=True, help="model name (see 'dssm models') or bundle folder")
+    p.add_argument("-o", "--output", type=_named("the output folder (-o . for the current one)"), required=True,
+                   help="output folder (created if missing)")
+    p.add_argument("--model", type=_named("a model from 'dssm models' or a bundle folder"), required=True,
+                   help="model name (see 'dssm models') or bundle folder")
     p.add_argument("--steps", type=_count(0), default=None,
                    help="Markov steps K (0 = no refinement; default: the model's own, see 'dssm models')")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
@@ -123,7 +130,7 @@ def _add_segment(sub) -> None:
                         "and print per structure the volume of uncertain voxels; with --overlay also "
                         "X_uncertainty_overlay.png (docs/uncertainty.md)")
     _add_uncertainty_chains(p)
-    p.add_argument("--timings", default=None,
+    p.add_argument("--timings", type=_named("the JSON file to write"), default=None,
                    help="write per-case timings, familiarity scores and warnings to this JSON file")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs that already exist (never an input file)")
@@ -353,6 +360,9 @@ def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
     if timings.is_dir():
         raise DSSMError(f"--timings {timings} is a folder; --timings names the JSON file to write, e.g. "
                         f"{timings / 'timings.json'}")
+    if timings.exists() and not timings.is_file():
+        raise DSSMError(f"--timings {timings} is not a regular file (a device or a pipe), which writing the timings "
+                        "would replace; name a JSON file")
     if timings.resolve() in protected:
         raise DSSMError(f"--timings {timings} is one of the inputs; name another file for the timings")
     same = [t for t in targets if t.resolve() == timings.resolve()]  # however either is written
@@ -371,8 +381,7 @@ def _check_writable(out_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
-        raise DSSMError(f"cannot write into -o {out_dir}: {exc.strerror or exc}; choose another output "
-                        "folder") from None
+        raise DSSMError(f"cannot write into {out_dir}: {exc.strerror or exc}; choose another folder") from None
 
 
 def _shard() -> tuple:
@@ -423,6 +432,9 @@ def cmd_segment(args) -> int:
                         "file")
 
     _check_writable(out_dir)
+    if args.timings:
+        args.timings = str(Path(args.timings).resolve())  # a link: the file it points to gets the timings
+        _check_writable(Path(args.timings).parent)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
