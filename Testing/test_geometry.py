@@ -149,6 +149,25 @@ def test_a_folder_of_two_dicom_series_is_refused_naming_each(volumes, tmp_path) 
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_dicom_series_with_a_slice_missing_or_cut_off_is_refused(volumes, tmp_path) -> None:
+    """A slice file lost or cut off in a copy drops out of the series; ITK then stacks the rest as an even volume,
+    and every slice after the gap used to be placed a gap off, without a word."""
+    folder, _ = volumes
+    for damage in ("missing", "cut"):
+        series = tmp_path / damage
+        shutil.copytree(folder / "dicom_oblique", series)
+        second = series / "s1slice001.dcm"
+        if damage == "missing":
+            second.unlink()
+        else:
+            second.write_bytes(second.read_bytes()[:2000])
+        proc = run_dssm(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", series],
+                        cwd=tmp_path)
+        line = assert_one_error_line(proc.returncode, proc.stderr)
+        assert f"{series}: the 3 slices of its DICOM series are not evenly spaced (gaps 8.00 to 16.00 mm)" in line, line
+        assert not (tmp_path / "out" / f"{damage}.nii.gz").exists()
+
+
 def test_permuted_axes_give_the_permuted_mask(volumes, segmented) -> None:
     plain = sitk.GetArrayFromImage(sitk.ReadImage(str(segmented / "plain.nii.gz")))
     permuted = sitk.GetArrayFromImage(sitk.ReadImage(str(segmented / "permuted.nii.gz")))

@@ -312,6 +312,31 @@ def _describe_series(folder: Path, ids: List[str]) -> str:
     return ", ".join(parts)
 
 
+def _check_slice_positions(folder: Path, files: List[str]) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along their normal: a slice file missing or
+    unreadable (left out of the series, so the slices after it would be placed one gap off), or several time
+    frames at the same positions. ITK would stack them as an even volume, and the mask would be misplaced."""
+    if len(files) < 3:
+        return
+    offsets = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):  # no position or orientation: nothing to check against
+            return
+        offsets.append(float(np.dot(np.cross(cosines[:3], cosines[3:6]), position)))
+    gaps = np.diff(np.sort(offsets))
+    typical = float(np.median(gaps))
+    if typical <= 0 or np.abs(gaps - typical).max() > 0.05 * typical + 1e-3:
+        raise DSSMError(f"{folder}: the {len(files)} slices of its DICOM series are not evenly spaced (gaps "
+                        f"{gaps.min():.2f} to {gaps.max():.2f} mm): a slice file missing or unreadable, or several time "
+                        "frames in one series; copy the series again, or export one frame per folder")
+
+
 def _jpeg_check(path: Path) -> None:
     """Refuse a cut-off JPEG file, which libjpeg (in ITK) decodes anyway, with its missing part grey, after a
     warning on stderr. Pillow decodes it strictly and says so (data after the image's end, e.g. a phone's motion
@@ -354,8 +379,10 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
                     raise DSSMError(f"{path} holds {len(ids)} DICOM series ({_describe_series(path, ids)}); dssm "
                                     "segments one series per folder: put each series in a folder of its own (Slicer's "
                                     "DICOM module or dcm2niix can export them) and give the one to segment")
+                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0])
+                _check_slice_positions(path, files)
                 reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0]))
+                reader.SetFileNames(files)
                 image = reader.Execute()
             else:
                 try:
