@@ -233,6 +233,13 @@ def test_a_folder_segmented_into_itself_can_be_segmented_again(tmp_path, capfd) 
     assert code == 2 and "already exists; pass --overwrite" in captured.err
 
 
+def test_an_input_named_twice_is_segmented_once(small_heart, tmp_path, capfd) -> None:
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", small_heart,
+                            small_heart], capfd)
+    assert code == 0, captured.err
+    assert "1 input(s)" in captured.out and [p.name for p in (tmp_path / "out").iterdir()] == [small_heart.name]
+
+
 def test_a_folder_of_patient_folders_says_to_name_the_subfolders(small_heart, tmp_path, capfd) -> None:
     (tmp_path / "study" / "patient011").mkdir(parents=True)
     shutil.copy(small_heart, tmp_path / "study" / "patient011" / small_heart.name)
@@ -454,6 +461,7 @@ CHECK_WITHOUT_TORCH = ("import sys; from DSSMSegmentLib.cli import main\n"
     (["--model", "lungs-cxr", "-o", ""], "argument -o/--output: is empty; name the output folder"),
     (["--model", "lungs-cxr", "-o", "{file}/masks"], "cannot write into "),  # said once, not after each input
     (["--model", "no-such-model", "-o", "{out}"], "model 'no-such-model' not found"),
+    (["--model", "Lungs-CXR", "-o", "{out}"], "model 'Lungs-CXR' not found (did you mean 'lungs-cxr'? available: "),
     (["--model", "lungs-cxr", "-o", "{out}"], "already exist"),  # {out} holds an earlier mask of the X-ray
 ])
 def test_mistakes_in_the_command_are_refused_before_torch_is_imported(args, message, tmp_path) -> None:

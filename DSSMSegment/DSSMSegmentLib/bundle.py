@@ -11,6 +11,7 @@ module; local ones in ``~/.dssm/models/<name>/`` or any folder listed in ``DSSM_
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -289,7 +290,10 @@ def resolve_model(name_or_path: str) -> ModelBundle:
         if (root / name_or_path / META_FILE).is_file():
             return ModelBundle(root / name_or_path)
     names = ", ".join(b.name for b in models) or "none"
-    raise DSSMError(f"model '{name_or_path}' not found (available: {names}); "
+    close = difflib.get_close_matches(name_or_path.split()[0].lower() if name_or_path.split() else name_or_path,
+                                      [b.name for b in models], n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise DSSMError(f"model '{name_or_path}' not found ({hint}available: {names}); "
                     "pass a model name from 'dssm models' or the path of a bundle folder")
 
 

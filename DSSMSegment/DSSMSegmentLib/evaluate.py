@@ -41,7 +41,9 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
         return cases
     keys = set(bundle.meta.get("training", {}).get("split", {}).get(split, []))
     if not keys:
-        raise DSSMError(f"model '{bundle.name}' records no '{split}' split in {META_FILE}; use --split all")
+        raise DSSMError(f"model '{bundle.name}' records no '{split}' split in {META_FILE}: it was trained on every "
+                        "case it has; --split all scores those training cases, which says little about new images "
+                        "(its cross-validated Dice, if any, is in 'dssm models')")
     chosen = [c for c in cases if case_key(c) in keys]
     if not chosen:
         raise DSSMError(f"none of the model's '{split}' cases are in this dataset")
@@ -183,6 +185,9 @@ def evaluate_command(args) -> int:
           f"{report['n_cases']} {report['split']} "
           f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
     print(markdown_table(report["summary"]))
+    if report["split"] != "val":
+        print(f"\nnote: {report['split']} cases include cases {report['model']} was trained on; their Dice says little "
+              "about new images")
     for name, summary in report["by_dataset"].items():
         print(f"\n{name}:\n")
         print(markdown_table(summary))

@@ -71,7 +71,7 @@ def skip_reason(path: Path) -> Optional[str]:
     ``dssm segment``), or None."""
     stem = stem_of(path)
     if stem.startswith("."):
-        return "a hidden file (macOS writes ._X beside X on some drives)"
+        return "a hidden file (its name starts with '.', as the ._X copies macOS leaves)"
     if stem.lower().endswith(OUTPUT_SUFFIXES):
         return "an output of dssm segment"
     if LABEL_MAP_NAME.search(stem):
@@ -98,7 +98,7 @@ def expand_inputs(inputs: Iterable[str]) -> tuple:
     ``skipped`` as ``(path, reason)``."""
     found: List[Path] = []
     skipped: List[tuple] = []
-    for item in inputs:
+    for item in dict.fromkeys(inputs):  # an input named twice is segmented once
         path = Path(item)
         if not path.exists():
             raise DSSMError(f"input not found: {path}")
