@@ -70,15 +70,18 @@ def test_local_models_are_found_by_their_listed_name_and_left_out_ones_are_named
     shutil.copytree(MODELS / "lungs-cxr", local / "lungs-copy")  # still named lungs-cxr: the bundled one wins
     (local / "broken").mkdir()
     (local / "broken" / META_FILE).write_text("{ not json", encoding="utf-8")
+    (local / "no-weights").mkdir()  # a copy that stopped before its weights
+    shutil.copy(MODELS / "lungs-cxr" / META_FILE, local / "no-weights" / META_FILE)
     env = {"DSSM_MODELS_PATH": str(local)}
     listed = run_dssm(["models"], cwd=tmp_path, env=env)
     assert listed.returncode == 0, describe(listed)
     assert any(line.startswith("my-lungs  [") for line in listed.stdout.splitlines()), listed.stdout
     warnings = listed.stderr.splitlines()
-    assert len(warnings) == 2 and all(w.startswith("dssm: warning: ") for w in warnings), listed.stderr
+    assert len(warnings) == 3 and all(w.startswith("dssm: warning: ") for w in warnings), listed.stderr
     assert f"{local / 'broken'} is left out: " in warnings[0]
     assert f"{local / 'lungs-copy'} is left out: its model name 'lungs-cxr' is taken by {MODELS / 'lungs-cxr'}" \
         in warnings[1]
+    assert f"{local / 'no-weights'} is left out: its weights, {WEIGHTS_FILE}, are missing" in warnings[2]
     for model in ("my-lungs", "lungs-2026-run3", local / "lungs-2026-run3" / WEIGHTS_FILE):
         proc = run_dssm(["segment", "--model", model, "--steps", "0", "-o", tmp_path / "out", "--overwrite",
                          CXR / "images" / "MCUCXR_0006_0.png"], cwd=tmp_path, env=env)

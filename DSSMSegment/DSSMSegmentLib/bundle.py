@@ -252,7 +252,8 @@ def save_bundle(network: "torch.nn.Module", folder: Path, meta: dict) -> ModelBu
 
 def available_models(problems: Optional[List[str]] = None) -> List[ModelBundle]:
     """Every readable bundle in the search paths (bundled first), one per model name. A folder that is left out
-    (unreadable, or its name taken by a bundle earlier in the search path) gets a line in ``problems``."""
+    (unreadable, without weights, or its name taken by a bundle earlier in the search path) gets a line in
+    ``problems``."""
     found, seen = [], {}
     for root in model_search_paths():
         if not root.is_dir():
@@ -263,6 +264,11 @@ def available_models(problems: Optional[List[str]] = None) -> List[ModelBundle]:
             except DSSMError as exc:
                 if problems is not None:
                     problems.append(f"{folder} is left out: {exc}")
+                continue
+            if not (folder / WEIGHTS_FILE).is_file():
+                if problems is not None:
+                    problems.append(f"{folder} is left out: its weights, {WEIGHTS_FILE}, are missing; reinstall or "
+                                    "retrain the model")
                 continue
             if bundle.name in seen:
                 if problems is not None:
