@@ -233,6 +233,20 @@ def test_a_folder_segmented_into_itself_can_be_segmented_again(tmp_path, capfd) 
     assert code == 2 and "already exists; pass --overwrite" in captured.err
 
 
+def test_every_pair_of_inputs_that_would_share_an_output_is_named_at_once(tmp_path, capfd) -> None:
+    _need(XRAY)
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    picture = Image.open(XRAY)
+    for name in ("a.png", "a.tif", "b.png", "b.bmp"):
+        picture.save(folder / name)
+    code, captured = _main(["segment", "--model", "lungs-cxr", "--overlay", "-o", tmp_path / "out", folder], capfd)
+    line = assert_one_error_line(code, captured.err)
+    out = tmp_path / "out"
+    assert (f"{folder / 'a.png'} and {folder / 'a.tif'} would both be written as {out / 'a.png'}; "
+            f"{folder / 'b.bmp'} and {folder / 'b.png'} would both be written as {out / 'b.png'}; segment") in line, line
+
+
 def test_an_input_named_twice_is_segmented_once(small_heart, tmp_path, capfd) -> None:
     code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", small_heart,
                             small_heart], capfd)

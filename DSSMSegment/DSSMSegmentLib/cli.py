@@ -417,12 +417,17 @@ def cmd_segment(args) -> int:
         raise DSSMError("nothing to segment: every file found was skipped (listed above); name a file on the "
                         "command line to segment it anyway")
     targets: dict = {}
+    clashes = []  # every pair at once, so that one fix is not followed by the next refusal
     for path in inputs:
         for target in _outputs_of(path, out_dir, args.overlay, uncertainty=args.uncertainty):
             if target in targets:
-                raise DSSMError(f"{targets[target]} and {path} would both be written as {target}; segment them "
-                                "into different output folders or rename one")
+                if targets[target] != path and (targets[target], path) not in [c[:2] for c in clashes]:
+                    clashes.append((targets[target], path, target))
+                continue
             targets[target] = path
+    if clashes:
+        pairs = "; ".join(f"{a} and {b} would both be written as {t}" for a, b, t in clashes)
+        raise DSSMError(f"{pairs}; segment them into different output folders or rename one")
     protected = _input_files(inputs)
     if args.timings:
         _check_timings_file(Path(args.timings), targets, protected)
