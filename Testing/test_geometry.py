@@ -149,6 +149,17 @@ def test_a_folder_of_two_dicom_series_is_refused_naming_each(volumes, tmp_path) 
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_one_file_of_a_dicom_series_is_segmented_with_a_note_to_give_the_folder(volumes, tmp_path) -> None:
+    folder, _ = volumes
+    series = folder / "dicom_oblique"
+    proc = run_dssm(["segment", "--model", "heart-cine-mri", "--steps", "0", "-o", tmp_path / "out", "s1slice002.dcm"],
+                    cwd=series)
+    assert proc.returncode == 0, describe(proc)
+    assert (tmp_path / "out" / "s1slice002.nii.gz").is_file()
+    assert (f"dssm: note: s1slice002.dcm is one slice of a DICOM series of 4 files in {series}; give the folder to "
+            "segment the whole volume") in proc.stderr.splitlines(), proc.stderr
+
+
 def test_a_dicom_series_with_a_slice_missing_or_cut_off_is_refused(volumes, tmp_path) -> None:
     """A slice file lost or cut off in a copy drops out of the series; ITK then stacks the rest as an even volume,
     and every slice after the gap used to be placed a gap off, without a word."""

@@ -497,7 +497,7 @@ def cmd_segment(args) -> int:
 def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, protected: set,
                  named: bool) -> dict:
     """Read, segment and write one input; the per-case record of ``--timings``, with the line to print."""
-    from .imageio import label_map_values, read_image, write_image_atomically
+    from .imageio import label_map_values, read_image, slices_in_its_series, write_image_atomically
     from .inference import Timings
 
     timings = Timings()
@@ -505,6 +505,11 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
     notes: list = []
     image = read_image(path, notes)
     timings.add("read", time.perf_counter() - t0)
+    if image.GetDimension() == 2 or image.GetSize()[2] == 1:
+        slices = slices_in_its_series(path)
+        if slices > 1:
+            notes.append(f"{path} is one slice of a DICOM series of {slices} files in {path.parent.resolve()}; "
+                         "give the folder to segment the whole volume")
     for note in notes:
         print(f"dssm: note: {note}", file=sys.stderr)
     values = None if named else label_map_values(image)

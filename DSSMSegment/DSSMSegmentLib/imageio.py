@@ -13,6 +13,7 @@ import struct
 import sys
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -291,6 +292,23 @@ def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Opt
         notes.append(f"{path}: direction cosines off orthonormal by {deviation:.1e}; read with the nearest "
                      "orthonormal direction (the mask keeps the input's own header geometry)")
     return image
+
+
+@lru_cache(maxsize=8)
+def _series_of_folder(folder: str) -> tuple:
+    """Each DICOM series in a folder, as a tuple of its files."""
+    return tuple(tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+                 for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
+
+
+def slices_in_its_series(path: Path) -> int:
+    """How many files the DICOM series that the file ``path`` belongs to has in its folder (1: on its own)."""
+    if not path.is_file() or path.suffix.lower() != ".dcm":
+        return 1
+    with _quiet_native_stderr():
+        series = _series_of_folder(str(path.parent.resolve()))
+    me = path.resolve()
+    return max((len(files) for files in series if any(Path(f).resolve() == me for f in files)), default=1)
 
 
 def _describe_series(folder: Path, ids: List[str]) -> str:
