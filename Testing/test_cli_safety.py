@@ -244,7 +244,8 @@ def test_every_pair_of_inputs_that_would_share_an_output_is_named_at_once(tmp_pa
     line = assert_one_error_line(code, captured.err)
     out = tmp_path / "out"
     assert (f"{folder / 'a.png'} and {folder / 'a.tif'} would both be written as {out / 'a.png'}; "
-            f"{folder / 'b.bmp'} and {folder / 'b.png'} would both be written as {out / 'b.png'}; segment") in line, line
+            f"{folder / 'b.bmp'} and {folder / 'b.png'} would both be written as {out / 'b.png'}; segment") \
+        in line, line
 
 
 def test_an_input_named_twice_is_segmented_once(small_heart, tmp_path, capfd) -> None:

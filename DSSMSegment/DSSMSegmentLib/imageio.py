@@ -351,8 +351,8 @@ def _check_slice_positions(folder: Path, files: List[str]) -> None:
     typical = float(np.median(gaps))
     if typical <= 0 or np.abs(gaps - typical).max() > 0.05 * typical + 1e-3:
         raise DSSMError(f"{folder}: the {len(files)} slices of its DICOM series are not evenly spaced (gaps "
-                        f"{gaps.min():.2f} to {gaps.max():.2f} mm): a slice file missing or unreadable, or several time "
-                        "frames in one series; copy the series again, or export one frame per folder")
+                        f"{gaps.min():.2f} to {gaps.max():.2f} mm): a slice file missing or unreadable, or several "
+                        "time frames in one series; copy the series again, or export one frame per folder")
 
 
 def _jpeg_check(path: Path) -> None:
