@@ -336,9 +336,9 @@ def _earlier_masks(inputs: List[Path], explicit: set) -> tuple:
     """``(inputs, skipped)``: an input found in a folder that is the mask another input gets in its own folder
     (X.png beside X.jpg, from an earlier run with ``-o`` that folder) and holds a few integer values is that
     earlier mask, not an image: it is left out with its reason."""
-    from .imageio import label_map_values, read_image
+    from .imageio import label_map_values, output_name, read_image
 
-    masks = {mask: path for path in inputs for mask in _outputs_of(path, path.parent, False)[:1] if mask != path}
+    masks = {mask: path for path in inputs if (mask := path.parent / output_name(path)) != path}
     kept, skipped = [], []
     for path in inputs:
         source = masks.get(path)
@@ -355,8 +355,9 @@ def _earlier_masks(inputs: List[Path], explicit: set) -> tuple:
     return kept, skipped
 
 
-def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
-    """``--timings`` names a file that is neither a folder, nor an input, nor one of the run's other outputs."""
+def _check_timings_file(timings: Path, targets: dict, protected: set, overwrite: bool) -> None:
+    """``--timings`` names a file that is neither a folder, nor an input, nor one of the run's other outputs, and
+    that exists only with ``--overwrite``."""
     if timings.is_dir():
         raise DSSMError(f"--timings {timings} is a folder; --timings names the JSON file to write, e.g. "
                         f"{timings / 'timings.json'}")
@@ -369,6 +370,8 @@ def _check_timings_file(timings: Path, targets: dict, protected: set) -> None:
     if same:
         raise DSSMError(f"--timings {timings} is also the output of {targets[same[0]]}; name another file for the "
                         "timings")
+    if timings.exists() and not overwrite:
+        raise DSSMError(f"--timings {timings} already exists; pass --overwrite to replace it, or name another file")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -417,24 +420,20 @@ def cmd_segment(args) -> int:
         raise DSSMError("nothing to segment: every file found was skipped (listed above); name a file on the "
                         "command line to segment it anyway")
     targets: dict = {}
-    clashes = []  # every pair at once, so that one fix is not followed by the next refusal
+    clashes: dict = {}  # (input, input) -> their first shared output; every pair at once, not one per retry
     for path in inputs:
         for target in _outputs_of(path, out_dir, args.overlay, uncertainty=args.uncertainty):
             if target in targets:
-                if targets[target] != path and (targets[target], path) not in [c[:2] for c in clashes]:
-                    clashes.append((targets[target], path, target))
-                continue
-            targets[target] = path
+                clashes.setdefault((targets[target], path), target)
+            else:
+                targets[target] = path
     if clashes:
-        pairs = "; ".join(f"{a} and {b} would both be written as {t}" for a, b, t in clashes)
+        pairs = "; ".join(f"{a} and {b} would both be written as {t}" for (a, b), t in clashes.items())
         raise DSSMError(f"{pairs}; segment them into different output folders or rename one")
     protected = _input_files(inputs)
-    if args.timings:
-        _check_timings_file(Path(args.timings), targets, protected)
     _refuse_unsafe_outputs(targets, protected, args.overwrite)
-    if args.timings and Path(args.timings).exists() and not args.overwrite:
-        raise DSSMError(f"--timings {args.timings} already exists; pass --overwrite to replace it, or name another "
-                        "file")
+    if args.timings:
+        _check_timings_file(Path(args.timings), targets, protected, args.overwrite)
 
     _check_writable(out_dir)
     if args.timings:

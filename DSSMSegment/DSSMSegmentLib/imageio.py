@@ -64,7 +64,22 @@ LABEL_MAP_MAX_VALUES = 8
 
 
 def is_dicom_folder(path: Path) -> bool:
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(dicom_series(path))
+
+
+def dicom_series(folder: Path) -> tuple:
+    """Each DICOM series in a folder, as a tuple of its files (GDCM's order). GDCM reads every file's header, so
+    the answer is kept while the folder is unchanged (same modification time): the folder expansion, the read and
+    the one-slice note then scan it once."""
+    folder = Path(folder).resolve()
+    return _scan_dicom_folder(str(folder), folder.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _scan_dicom_folder(folder: str, mtime_ns: int) -> tuple:
+    with _quiet_native_stderr():
+        return tuple(tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+                     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
 
 
 def skip_reason(path: Path) -> Optional[str]:
@@ -99,7 +114,7 @@ def expand_inputs(inputs: Iterable[str]) -> tuple:
     ``skipped`` as ``(path, reason)``."""
     found: List[Path] = []
     skipped: List[tuple] = []
-    for item in dict.fromkeys(inputs):  # an input named twice is segmented once
+    for item in inputs:
         path = Path(item)
         if not path.exists():
             raise DSSMError(f"input not found: {path}")
@@ -121,7 +136,8 @@ def expand_inputs(inputs: Iterable[str]) -> tuple:
                         if subfolders else "")
                 raise DSSMError(f"no images found in folder {path} (looked for NIfTI, NRRD, MHA, DICOM, PNG, JPG, "
                                 f"BMP){hint}")
-    return found, skipped
+    # a file named and also found in a named folder (or named twice) is segmented once
+    return list(dict.fromkeys(found)), list(dict.fromkeys(skipped))
 
 
 @contextmanager
@@ -266,7 +282,7 @@ def _nearest_orthonormal_sform(path: Path, header: Optional[dict]) -> Optional[t
     rotation = srow[:, :3] / spacing
     u, _, vt = np.linalg.svd(rotation)
     srow[:, :3] = (u @ vt) * spacing  # the nearest rotation (polar decomposition), each axis its own spacing
-    return data, srow, float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+    return data, srow, _off_orthonormal(rotation)
 
 
 def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Optional[sitk.Image]:
@@ -294,38 +310,34 @@ def _read_repaired_nifti(path: Path, header: dict, notes: Optional[list]) -> Opt
     return image
 
 
-@lru_cache(maxsize=8)
-def _series_of_folder(folder: str) -> tuple:
-    """Each DICOM series in a folder, as a tuple of its files."""
-    return tuple(tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
-                 for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
-
-
 def slices_in_its_series(path: Path) -> int:
     """How many files the DICOM series that the file ``path`` belongs to has in its folder (1: on its own)."""
     if not path.is_file() or path.suffix.lower() != ".dcm":
         return 1
-    with _quiet_native_stderr():
-        series = _series_of_folder(str(path.parent.resolve()))
     me = path.resolve()
-    return max((len(files) for files in series if any(Path(f).resolve() == me for f in files)), default=1)
+    return max((len(files) for files in dicom_series(path.parent) if any(Path(f).resolve() == me for f in files)),
+               default=1)
 
 
-def _describe_series(folder: Path, ids: List[str]) -> str:
+def _dicom_tags(file: str, keys: Iterable[str]) -> dict:
+    """The values of those of ``keys`` that the DICOM file's header holds (its header only is read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return {}
+    return {k: reader.GetMetaData(k).strip() for k in keys if reader.HasMetaDataKey(k)}
+
+
+def _describe_series(series: tuple) -> str:
     """``series 5 'cine SAX' (30 files), ...``: each series by its number and description, as a scanner lists
     them (its UID where it has neither)."""
     parts = []
-    for uid in ids:
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-        try:
-            reader.ReadImageInformation()
-            tags = {k: reader.GetMetaData(k).strip() for k in ("0020|0011", "0008|103e") if reader.HasMetaDataKey(k)}
-        except RuntimeError:
-            tags = {}
+    for files in series:
+        tags = _dicom_tags(files[0], ("0020|0011", "0008|103e", "0020|000e"))
         name = " ".join(filter(None, [tags.get("0020|0011", ""), repr(tags["0008|103e"]) if tags.get("0008|103e")
-                                      else ""])) or uid
+                                      else ""])) or tags.get("0020|000e", Path(files[0]).name)
         parts.append(f"series {name} ({len(files)} file{'s' if len(files) > 1 else ''})")
     return ", ".join(parts)
 
@@ -338,13 +350,11 @@ def _check_slice_positions(folder: Path, files: List[str]) -> None:
         return
     offsets = []
     for name in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(name)
+        tags = _dicom_tags(name, ("0020|0032", "0020|0037"))
         try:
-            reader.ReadImageInformation()
-            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
-            cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
-        except (RuntimeError, ValueError):  # no position or orientation: nothing to check against
+            position = [float(v) for v in tags["0020|0032"].split("\\")]
+            cosines = [float(v) for v in tags["0020|0037"].split("\\")]
+        except (KeyError, ValueError):  # no position or orientation: nothing to check against
             return
         offsets.append(float(np.dot(np.cross(cosines[:3], cosines[3:6]), position)))
     gaps = np.diff(np.sort(offsets))
@@ -390,17 +400,16 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
     try:
         with _quiet_native_stderr():
             if path.is_dir():
-                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-                if not ids:
+                series = dicom_series(path)
+                if not series:
                     raise DSSMError(f"{path} is a folder without a DICOM series")
-                if len(ids) > 1:
-                    raise DSSMError(f"{path} holds {len(ids)} DICOM series ({_describe_series(path, ids)}); dssm "
+                if len(series) > 1:
+                    raise DSSMError(f"{path} holds {len(series)} DICOM series ({_describe_series(series)}); dssm "
                                     "segments one series per folder: put each series in a folder of its own (Slicer's "
                                     "DICOM module or dcm2niix can export them) and give the one to segment")
-                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), ids[0])
-                _check_slice_positions(path, files)
+                _check_slice_positions(path, series[0])
                 reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(files)
+                reader.SetFileNames(list(series[0]))
                 image = reader.Execute()
             else:
                 try:
@@ -424,13 +433,17 @@ def read_image(path: Path, notes: Optional[list] = None) -> sitk.Image:
     return image
 
 
+def _off_orthonormal(matrix: np.ndarray) -> float:
+    """How far a direction matrix is from orthonormal: the largest entry of ``M^T M - I``."""
+    return float(np.abs(matrix.T @ matrix - np.eye(len(matrix))).max())
+
+
 def _check_direction(image: sitk.Image, path: Path, notes: Optional[list]) -> None:
     """A sheared grid (direction cosines not orthonormal; NRRD and MHA can hold one, e.g. a CT with gantry tilt)
     has no NIfTI mask that lies on it: refused beyond :data:`DIRECTION_TOLERANCE`, a note below it (the mask gets
     the nearest orthonormal direction), as for NIfTI headers."""
     dim = image.GetDimension()
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    deviation = float(np.abs(direction.T @ direction - np.eye(dim)).max())
+    deviation = _off_orthonormal(np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim))
     if deviation > DIRECTION_TOLERANCE:
         raise DSSMError(f"cannot segment {path}: its voxel grid is sheared (direction cosines off orthonormal by "
                         f"{deviation:.1e}, more than the {DIRECTION_TOLERANCE:g} DSSMSegment corrects), as after a CT "
