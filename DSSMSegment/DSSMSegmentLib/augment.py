@@ -30,6 +30,9 @@ class AugmentConfig:
     brightness: float = 0.15
     bias_field: float = 0.3
     low_res: float = 0.25  # probability of simulating a coarser acquisition
+    low_res_factor: Tuple[float, float] = (1.5, 2.5)  # how much coarser
+    low_res_aniso: bool = False  # a coarser acquisition in one in-plane direction than the other (phase encoding)
+    gamma_invert: float = 0.0  # probability of applying the gamma to the inverted image (darkens bright tissue)
     noise: float = 0.1
     blur: float = 0.15
     color: float = 0.0  # per-channel gain jitter for RGB images
@@ -37,7 +40,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "AugmentConfig":
         d = dict(d or {})
-        for key in ("scale", "gamma", "contrast"):
+        for key in ("scale", "gamma", "contrast", "low_res_factor"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
@@ -91,7 +94,12 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, generator: Optional[torc
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
     unit = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     gamma = torch.exp(_uniform(b, math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), dev, generator))
-    x = unit ** gamma[:, None, None, None] * (hi - lo) + lo
+    if cfg.gamma_invert > 0:
+        invert = (torch.rand(b, device=dev, generator=generator) < cfg.gamma_invert)[:, None, None, None]
+        unit = torch.where(invert, 1 - (1 - unit) ** gamma[:, None, None, None], unit ** gamma[:, None, None, None])
+    else:
+        unit = unit ** gamma[:, None, None, None]
+    x = unit * (hi - lo) + lo
     if cfg.bias_field > 0:
         field = torch.exp(cfg.bias_field * _smooth_field(b, (h, w), dev, generator).clamp(-2, 2) / 2)
         x = (x - lo) * field + lo
@@ -104,9 +112,12 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, generator: Optional[torc
     if cfg.low_res > 0:
         pick = torch.rand(b, device=dev, generator=generator) < cfg.low_res
         if pick.any():
-            factor = float(_uniform(1, 1.5, 2.5, dev, generator))
-            small = F.interpolate(x[pick], scale_factor=1 / factor, mode="bilinear", align_corners=False,
-                                  antialias=True)
+            factor = float(_uniform(1, *cfg.low_res_factor, dev, generator))
+            factors = (factor, float(_uniform(1, 1.0, factor, dev, generator))) if cfg.low_res_aniso else (factor, factor)
+            if cfg.low_res_aniso and float(torch.rand(1, device=dev, generator=generator)) < 0.5:
+                factors = factors[::-1]
+            small_hw = (max(8, round(h / factors[0])), max(8, round(w / factors[1])))
+            small = F.interpolate(x[pick], size=small_hw, mode="bilinear", align_corners=False, antialias=True)
             x = x.clone()
             x[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     if cfg.blur > 0:

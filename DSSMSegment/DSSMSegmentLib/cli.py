@@ -145,6 +145,10 @@ def _add_train(sub) -> None:
     p.add_argument("--baseline", action="store_true", help="train the discriminative baseline instead of DSSM")
     p.add_argument("--data", default=None, help="dataset name(s) joined by '+', or NAME=FOLDER")
     p.add_argument("--cache", default=None, help="preprocessed cache (.npz); built if missing")
+    from .recipes import AUGMENT_PRESETS  # plain data: no PyTorch
+
+    p.add_argument("--augment", default=None, choices=list(AUGMENT_PRESETS),
+                   help="a named augmentation in place of the recipe's own (for comparison runs)")
     p.add_argument("--iterations", type=_count(0), default=0, help="budget in iterations")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="budget in minutes of training time (the learning-rate schedule then follows the clock; "
@@ -598,6 +602,7 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(
         recipe=args.recipe, out=Path(args.out), kind="baseline" if args.baseline else "dssm", data=args.data,
+        augment=args.augment,
         cache=Path(args.cache) if args.cache else None, iterations=args.iterations, minutes=args.minutes,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, split_seed=args.split_seed,
         widths=[int(w) for w in args.widths.split(",")] if args.widths else None,

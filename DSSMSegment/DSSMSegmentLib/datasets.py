@@ -11,6 +11,7 @@ name                    layout                                        case / spl
 ``cxr_lung``            ``images/X.png`` + ``masks/X.png``             image, stratified by source
 ``isic2018``            ``images/X.jpg`` + ``masks/X_segmentation.png`` image
 ``ph2``                 ``images/X.png`` + ``masks/X_lesion.png``      image
+``mnms1``               ``VENDOR/ID/ID_sa_ED.nii.gz`` + ``..._gt``     subject, stratified by vendor
 ======================  ============================================  ===========================
 
 The cache (:func:`build_cache`) holds every slice already preprocessed exactly as inference will see it
@@ -58,6 +59,18 @@ def _acdc(root: Path) -> List[Case]:
     return cases
 
 
+def _mnms(root: Path) -> List[Case]:
+    """M&Ms-1 cine MRI, one folder per vendor (``philips/``...), ED and ES frames per subject; ACDC's labels."""
+    cases = []
+    for vendor in sorted(d for d in root.iterdir() if d.is_dir()):
+        for sdir in sorted(d for d in vendor.iterdir() if d.is_dir()):
+            for gt in sorted(sdir.glob("*_sa_*_gt.nii.gz")):
+                img = gt.with_name(gt.name.replace("_gt", ""))
+                if img.exists():
+                    cases.append(Case(img.name.replace(".nii.gz", ""), sdir.name, vendor.name, img, gt, "mnms1"))
+    return cases
+
+
 def _paired(root: Path, img_dir: str, lab_dir: str, pattern: str, to_label, dataset: str, group=None) -> List[Case]:
     cases = []
     for img in sorted((root / img_dir).glob(pattern)):
@@ -77,6 +90,7 @@ LAYOUTS = {
     "acdc": _acdc,
     "la2018": lambda r: _paired(r, "imagesTr", "labelsTr", "*.nii.gz", lambda p: p.name, "la2018"),
     "prostate158": _prostate,
+    "mnms1": _mnms,
     "cxr_lung": lambda r: _paired(r, "images", "masks", "*.png", lambda p: p.name, "cxr_lung",
                                   group=lambda s: s.split("_")[0]),
     "isic2018": lambda r: _paired(r, "images", "masks", "*.jpg", lambda p: p.stem + "_segmentation.png", "isic2018"),

@@ -20,12 +20,22 @@ def _label(value, name, color, category, code, meaning):
 
 MRI_AUGMENT = dict(rotation_deg=180.0, scale=[0.75, 1.35], flip_x=True, flip_y=True, bias_field=0.3,
                    low_res=0.25, noise=0.1, gamma=[0.7, 1.5])
+# What the M&Ms-1 challenge's best entries used to hold up on other vendors and sites: wide gamma (also on the
+# inverted image), contrast and brightness, a strong bias field, noise, blur, coarser and anisotropic acquisitions,
+# and +-15 % anisotropic in-plane spacing (which also covers M&Ms-1 Philips' approximate spacing).
+MRI_HEAVY_AUGMENT = dict(MRI_AUGMENT, scale=[0.7, 1.4], aspect=0.15, translate=0.15, gamma=[0.5, 2.0],
+                         gamma_invert=0.15, contrast=[0.65, 1.5], brightness=0.2, bias_field=0.5, low_res=0.35,
+                         low_res_factor=[1.25, 3.0], low_res_aniso=True, noise=0.15, blur=0.3)
+# named augmentations that `dssm train --augment NAME` puts in place of a recipe's own (short comparison runs)
+AUGMENT_PRESETS = {"mri": MRI_AUGMENT, "mri-heavy": MRI_HEAVY_AUGMENT}
 
 RECIPES = {
     "heart-cine-mri": {
         "description": "Cardiac cine MRI, short axis: right ventricle cavity, left ventricle myocardium, "
                        "left ventricle cavity (ACDC labels).",
-        "data": "acdc",
+        # ACDC (one French hospital, Siemens) and M&Ms-1 Philips subjects (another vendor and country); the split
+        # is stratified by ACDC pathology group and by vendor, so about a fifth of the Philips subjects are held back
+        "data": "acdc+mnms1",
         "labels": [
             _label(1, "right ventricle cavity", [87, 164, 219], ANATOMY, "53085002", "Right ventricle"),
             _label(2, "left ventricle myocardium", [206, 110, 84], ANATOMY, "87878005", "Left ventricle myocardium"),
@@ -33,7 +43,7 @@ RECIPES = {
         ],
         "preprocessing": {"modality": "MRI", "channels": ["cine MRI"], "spacing_mm": [1.5, 1.5]},
         "tile": [192, 192], "crop": [160, 160],
-        "augment": MRI_AUGMENT,
+        "augment": MRI_HEAVY_AUGMENT,
         "postprocessing": {"largest_component": [1, 2, 3]},
         "val_fraction": 0.2,
     },

@@ -42,6 +42,7 @@ class TrainConfig:
     out: Path
     kind: str = "dssm"
     data: Optional[str] = None  # overrides the recipe's dataset spec
+    augment: Optional[str] = None  # a named augmentation (recipes.AUGMENT_PRESETS) in place of the recipe's own
     cache: Optional[Path] = None
     iterations: int = 0
     minutes: float = 0.0
@@ -229,6 +230,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         if not 0.0 <= cfg.stage1_dropout < 1.0:
             raise DSSMError(f"--stage1-dropout must be in [0, 1), not {cfg.stage1_dropout:g}")
     recipe = get_recipe(cfg.recipe)
+    if cfg.augment:
+        from .recipes import AUGMENT_PRESETS
+
+        if cfg.augment not in AUGMENT_PRESETS:
+            raise DSSMError(f"unknown augmentation '{cfg.augment}' (known: {', '.join(AUGMENT_PRESETS)})")
+        recipe["augment"] = dict(AUGMENT_PRESETS[cfg.augment])
     world, rank, device = _setup_distributed(cfg.device)
     torch.manual_seed(cfg.seed + rank)
     np_rng = np.random.default_rng(cfg.seed + 1000 * rank)

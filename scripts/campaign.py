@@ -1,0 +1,213 @@
+"""The CPU training campaign: a queue of training runs that goes on for days, across working sessions.
+
+    bash scripts/campaign.sh start     # resume the queue in the background (nohup, 2 threads); idempotent
+    bash scripts/campaign.sh status    # one table: each run's iteration of its budget, samples, hours, Dice
+    bash scripts/campaign.sh pause     # SIGSTOP the campaign (for timings, the test suite); resume: SIGCONT
+    bash scripts/campaign.sh resume
+    bash scripts/campaign.sh stop      # end it; its runs resume from their checkpoints at the next start
+
+The queue is ``scripts/campaign_queue.txt``: one run a line, ``NAME | EVALUATE | STEPS | dssm train ARGS``, in
+the order they are trained. Each run trains in ``runs/campaign/NAME`` with ``--device cpu`` (its budget is in
+iterations; it checkpoints every few minutes and resumes bit for bit), then is scored with ``dssm evaluate`` on
+each dataset of EVALUATE (its validation cases there) at each Markov step count of STEPS, into
+``runs/campaign/NAME/eval-DATA-kK/``. ``{runs}`` in ARGS is ``runs/campaign``, so that a run can start from an
+earlier one's bundle (a two-stage DSSM's frozen baseline). A finished run is skipped; the worker reads the queue
+again before each run, so lines can be added or changed while it runs (a run already started keeps its
+arguments: they are recorded in its folder). One worker at a time (``runs/campaign/worker.pid``).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = ROOT / "scripts" / "campaign_queue.txt"
+RUNS = ROOT / "runs" / "campaign"
+PID = RUNS / "worker.pid"
+LOG = RUNS / "worker.log"
+DSSM = [str(ROOT / ".venv" / "bin" / "dssm")]
+
+
+def read_queue() -> list:
+    entries = []
+    for number, line in enumerate(QUEUE.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 4:
+            sys.exit(f"{QUEUE}:{number}: expected NAME | EVALUATE | STEPS | ARGS, got {line!r}")
+        name, evaluate, steps, args = parts
+        entries.append({"name": name, "evaluate": [d for d in evaluate.split(",") if d],
+                        "steps": [int(k) for k in steps.split(",") if k],
+                        "args": shlex.split(args.replace("{runs}", str(RUNS.relative_to(ROOT))))})
+    return entries
+
+
+def _option(args: list, name: str, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+def bundle_of(run: Path):
+    found = sorted(glob.glob(str(run / "bundle" / "*" / "model.json")))
+    return Path(found[0]).parent if found else None
+
+
+def _log(message: str) -> None:
+    print(time.strftime("%Y-%m-%d %H:%M:%S"), message, flush=True)
+
+
+def work() -> None:
+    """The worker: every unfinished run of the queue in turn, then its evaluations."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
+    done_names = set()
+    while True:
+        todo = [e for e in read_queue() if e["name"] not in done_names]
+        if not todo:
+            _log("the queue is done")
+            return
+        entry = todo[0]
+        run = RUNS / entry["name"]
+        run.mkdir(parents=True, exist_ok=True)
+        args_file = run / "args.json"
+        if args_file.exists():  # a run keeps the arguments it started with
+            entry["args"] = json.loads(args_file.read_text())
+        else:
+            args_file.write_text(json.dumps(entry["args"]) + "\n")
+        if (run / "failed").exists():
+            _log(f"{entry['name']}: failed earlier (see {run / 'failed'}); skipped")
+            done_names.add(entry["name"])
+            continue
+        if bundle_of(run) is None:
+            _log(f"{entry['name']}: training")
+            with open(run / "train.log", "a") as out:
+                code = subprocess.call(DSSM + ["train", *entry["args"], "--device", "cpu", "--out", str(run)],
+                                       cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            if code != 0 or bundle_of(run) is None:
+                if code < 0 or code in (130, 137, 143):  # stopped by a signal: resumed at the next start
+                    _log(f"{entry['name']}: stopped (exit {code})")
+                    return
+                (run / "failed").write_text(f"dssm train exited {code}; see train.log\n")
+                _log(f"{entry['name']}: failed (exit {code})")
+                done_names.add(entry["name"])
+                continue
+        bundle = bundle_of(run)
+        for data in entry["evaluate"]:
+            for k in entry["steps"] or [None]:
+                target = run / (f"eval-{data}" + (f"-k{k}" if k is not None else ""))
+                if (target / "metrics.json").exists():
+                    continue
+                _log(f"{entry['name']}: evaluating on {data}" + (f" at K = {k}" if k is not None else ""))
+                command = DSSM + ["evaluate", data, "--model", str(bundle), "-o", str(target), "--device", "cpu"]
+                if k is not None:
+                    command += ["--steps", str(k)]
+                with open(run / "evaluate.log", "a") as out:
+                    subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _log(f"{entry['name']}: done")
+        done_names.add(entry["name"])
+
+
+def _running_pid():
+    try:
+        pid = int(PID.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start() -> None:
+    pid = _running_pid()
+    if pid:
+        print(f"the campaign is already running (worker {pid}); bash scripts/campaign.sh status")
+        return
+    RUNS.mkdir(parents=True, exist_ok=True)
+    with open(LOG, "a") as log:
+        proc = subprocess.Popen([sys.executable, __file__, "work"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    PID.write_text(f"{proc.pid}\n")
+    print(f"campaign started (worker {proc.pid}, 2 threads); log: {LOG.relative_to(ROOT)}")
+
+
+def signal_group(sig, verb: str) -> None:
+    pid = _running_pid()
+    if not pid:
+        print("the campaign is not running")
+        return
+    os.killpg(pid, sig)  # the worker and the dssm process it runs: one session, one group
+    print(f"campaign {verb} (worker {pid})")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except OSError:
+        return "?"
+
+
+def status() -> str:
+    pid = _running_pid()
+    header = (f"campaign: {'running' if pid and _state(pid) != 'T' else 'paused' if pid else 'not running'}"
+              + (f" (worker {pid})" if pid else ""))
+    rows = ["| run | state | iteration / budget | samples | hours (CPU, 2 threads) | validation mean Dice (last, best) "
+            "| evaluated (mean Dice over the structures) |", "|---|---|---|---|---|---|---|"]
+    for entry in read_queue():
+        run = RUNS / entry["name"]
+        args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else entry["args"]
+        budget = int(_option(args, "--iterations", 0))
+        batch = int(_option(args, "--batch-size", 32))
+        log = list(csv.DictReader(open(run / "log.csv"))) if (run / "log.csv").exists() else []
+        iteration = int(log[-1]["iteration"]) if log else 0
+        hours = float(log[-1]["train_minutes"]) / 60 if log else 0.0
+        ckpt_note = ""
+        if (run / "checkpoint.pt").exists() and bundle_of(run) is None:
+            ckpt_note = f" (checkpoint {time.strftime('%m-%d %H:%M', time.localtime((run / 'checkpoint.pt').stat().st_mtime))})"
+        dice = [float(r["val_mean_dice"]) for r in log]
+        state = ("failed" if (run / "failed").exists() else "trained" if bundle_of(run) else
+                 "training" if (run / "checkpoint.pt").exists() or log else "queued")
+        evaluated = []
+        for data in entry["evaluate"]:
+            for k in entry["steps"] or [None]:
+                target = run / (f"eval-{data}" + (f"-k{k}" if k is not None else ""))
+                if (target / "metrics.json").exists():
+                    summary = json.loads((target / "metrics.json").read_text())
+                    evaluated.append(f"{data}{'' if k is None else f' K={k}'}: {_mean_dice(summary):.3f}")
+        if state == "trained" and len(evaluated) == len(entry["evaluate"]) * max(1, len(entry["steps"])):
+            state = "done"
+        rows.append(f"| {entry['name']} | {state} | {iteration} / {budget}{ckpt_note} | {iteration * batch} "
+                    f"| {hours:.2f} | {(f'{dice[-1]:.3f}, {max(dice):.3f}' if dice else '-')} "
+                    f"| {'; '.join(evaluated) or '-'} |")
+    return header + "\n\n" + "\n".join(rows)
+
+
+def _mean_dice(report: dict) -> float:
+    """Mean over the structures of the per-case mean Dice (``dssm evaluate``'s metrics.json)."""
+    values = [metrics["dice"]["mean"] for metrics in report["summary"].values()]
+    return sum(values) / len(values) if values else float("nan")
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if command == "work":
+        work()
+    elif command == "start":
+        start()
+    elif command == "status":
+        print(status())
+    elif command == "pause":
+        signal_group(signal.SIGSTOP, "paused")
+    elif command == "resume":
+        signal_group(signal.SIGCONT, "resumed")
+    elif command == "stop":
+        signal_group(signal.SIGCONT, "resumed")  # a stopped process only acts on SIGTERM once it runs again
+        signal_group(signal.SIGTERM, "stopped")
+    else:
+        sys.exit(f"unknown command {command!r}: start, status, pause, resume or stop")
