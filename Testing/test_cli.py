@@ -175,3 +175,44 @@ def test_evaluate_on_two_datasets_says_which_case_is_from_which(tmp_path) -> Non
     for name, ids in cases.items():
         mean = float(np.mean([report["per_case"][c]["skin lesion"]["dice"] for c in ids]))
         assert abs(report["by_dataset"][name]["skin lesion"]["dice"]["mean"] - mean) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dssm evaluate: one case has no spread
+
+
+@pytest.fixture(scope="module")
+def dermoscopy_evaluation(tmp_path_factory):
+    """``dssm evaluate`` of one validation photo of skin-lesion-dermoscopy (ISIC_0000007), its JPEG header saying
+    300 dpi, as cameras and photo editors write: the same pixels, which SimpleITK reads with a 0.085 mm spacing.
+    Returns (dataset spec, the -o folder, the finished process)."""
+    from conftest import ISIC
+
+    name = "ISIC_0000007"
+    _need(ISIC / "images" / f"{name}.jpg")
+    root = tmp_path_factory.mktemp("dermoscopy")
+    data = root / "photos"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    jpeg = bytearray((ISIC / "images" / f"{name}.jpg").read_bytes())
+    assert jpeg[6:11] == b"JFIF\0"  # APP0: density unit at byte 13, then x and y density
+    jpeg[13:18] = bytes([1, 1, 44, 1, 44])  # dots per inch, 300 x 300
+    (data / "images" / f"{name}.jpg").write_bytes(bytes(jpeg))
+    shutil.copy(ISIC / "masks" / f"{name}_segmentation.png", data / "masks")
+    spec = f"isic2018={data}"
+    proc = run_dssm(["evaluate", spec, "--model", "skin-lesion-dermoscopy", "--steps", "0", "-o", root / "out"],
+                    cwd=root)
+    assert proc.returncode == 0, describe(proc)
+    return spec, root / "out", proc
+
+
+def test_evaluate_prints_one_case_without_a_spread(dermoscopy_evaluation) -> None:
+    """One case has no sd to give: each cell is its value alone, not "± 0.000"."""
+    _, out, proc = dermoscopy_evaluation
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert report["n_cases"] == 1
+    stats = report["summary"]["skin lesion"]
+    hd95 = next(v for k, v in stats.items() if k.startswith("hd95_"))
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| skin lesion |"))
+    assert row == (f"| skin lesion | {stats['dice']['mean']:.3f} | {hd95['mean']:.2f} | "
+                   f"{stats['iou']['mean']:.3f} | {stats['precision']['mean']:.3f} | {stats['recall']['mean']:.3f} |")

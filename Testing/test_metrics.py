@@ -175,7 +175,8 @@ def test_summarize_and_markdown_table_with_nan() -> None:
     assert len(lines) == 4
     assert lines[2].startswith("| LV | 0.800 ± 0.082 | 3.00 ± 1.00 (1 of 3 undefined) | 0.800 ± 0.082 |")
     assert "| 1.000 ± 0.000 |" in lines[2]  # precision
-    assert lines[3].startswith("| RV | 0.333 ± 0.471 | 0.00 ± 0.00 (2 of 3 undefined) |")
+    # one defined value has no spread: shown alone
+    assert lines[3].startswith("| RV | 0.333 ± 0.471 | 0.00 (2 of 3 undefined) |")
 
 
 def test_summarize_all_undefined_gives_nan_and_na_cell() -> None:

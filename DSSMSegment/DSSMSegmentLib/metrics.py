@@ -184,9 +184,9 @@ def markdown_table(summary: dict) -> str:
     """Render a :func:`summarize` result as a Markdown table.
 
     Rows are structures; columns Dice, HD95 (mm), IoU, Precision, Recall, each as
-    ``mean ± sd`` (HD95 with 2 decimals, the others with 3), e.g. ``0.912 ± 0.031``. A cell with
-    undefined cases gets a note such as ``(2 of 10 undefined)``; a cell with no defined value reads
-    ``n/a``.
+    ``mean ± sd`` (HD95 with 2 decimals, the others with 3), e.g. ``0.912 ± 0.031``; a single
+    defined value has no spread and is shown alone. A cell with undefined cases gets a note such as
+    ``(2 of 10 undefined)``; a cell with no defined value reads ``n/a``.
     """
     header = "| Structure | " + " | ".join(title for title, _ in _COLUMNS.values()) + " |"
     rule = "|---|" + "---:|" * len(_COLUMNS)
@@ -197,6 +197,8 @@ def markdown_table(summary: dict) -> str:
             stats = per_metric[name]
             if stats["n"] == 0:
                 cell = "n/a"
+            elif stats["n"] == 1:
+                cell = f"{stats['mean']:.{decimals}f}"
             else:
                 cell = f"{stats['mean']:.{decimals}f} ± {stats['sd']:.{decimals}f}"
             if stats["n_undefined"]:
