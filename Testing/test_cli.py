@@ -178,7 +178,7 @@ def test_evaluate_on_two_datasets_says_which_case_is_from_which(tmp_path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------
-# dssm evaluate: one case has no spread
+# dssm evaluate: one case has no spread; pictures in pixels
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +204,28 @@ def dermoscopy_evaluation(tmp_path_factory):
                     cwd=root)
     assert proc.returncode == 0, describe(proc)
     return spec, root / "out", proc
+
+
+def test_evaluate_measures_hd95_of_a_picture_in_pixels(dermoscopy_evaluation) -> None:
+    """A photo has no pixel size, only a print resolution: its HD95 is in pixels, as a picture's uncertain area is,
+    under hd95_px in metrics.json and metrics.csv and as "HD95 (px)" in the table; it was the print resolution's
+    "mm" (300 dpi: 0.085 mm a pixel)."""
+    from medpy.metric import binary
+
+    _, out, proc = dermoscopy_evaluation
+    image = next((out.parent / "photos" / "images").iterdir())
+    assert sitk.ReadImage(str(image)).GetSpacing() == pytest.approx((25.4 / 300, 25.4 / 300))
+    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert report["hd95_unit"] == "px"
+    case = report["per_case"]["ISIC_0000007"]["skin lesion"]
+    assert "hd95_mm" not in case and "hd95_mm" not in report["summary"]["skin lesion"]
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "masks" / "ISIC_0000007.png"))) > 0
+    truth = np.asarray(Image.open(next((out.parent / "photos" / "masks").iterdir())).convert("L")) > 127
+    assert case["hd95_px"] == pytest.approx(binary.hd95(mask, truth), rel=1e-6) and case["hd95_px"] > 1
+    assert report["summary"]["skin lesion"]["hd95_px"]["mean"] == pytest.approx(case["hd95_px"])
+    header = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "case,structure,dice,hd95_px,iou,precision,recall,seconds"
+    assert "| Structure | Dice | HD95 (px) | IoU | Precision | Recall |" in proc.stdout.splitlines()
 
 
 def test_evaluate_prints_one_case_without_a_spread(dermoscopy_evaluation) -> None:

@@ -3,7 +3,8 @@
 Cases come from a dataset spec (as for ``dssm train``) and, by default, only those in the model's own
 validation split (``training.split.val`` in ``model.json``), so a model is never scored on what it trained
 on. Each case is read from its original file at native resolution, segmented by :class:`Segmenter`, and
-compared with its ground truth by :mod:`DSSMSegmentLib.metrics` (MedPy; HD95 in mm using the spacing).
+compared with its ground truth by :mod:`DSSMSegmentLib.metrics` (MedPy; HD95 in mm using the spacing, or in
+pixels for picture files, which have no pixel size).
 Writes ``metrics.csv`` (one row per case and structure) and ``metrics.json`` (per case and summary, also
 per source dataset), and prints Markdown tables.
 """
@@ -24,9 +25,9 @@ from . import uncertainty as unc
 from .bundle import META_FILE, evaluation_key, evaluation_options, resolve_model
 from .datasets import Case, case_key, find_cases, read_label_array
 from .errors import DSSMError
-from .imageio import read_image, write_image_atomically
+from .imageio import IMAGE_SUFFIXES_2D, read_image, write_image_atomically
 from .inference import Segmenter
-from .metrics import StructureMetrics, case_metrics, markdown_table, summarize
+from .metrics import StructureMetrics, as_dict, case_metrics, hd95_key, markdown_table, summarize
 
 
 def structures_of(bundle) -> Dict[str, List[int]]:
@@ -50,6 +51,21 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
     return chosen
 
 
+def hd95_unit(cases: List[Case]) -> str:
+    """The unit of the cases' HD95: ``"px"`` when every image is a picture file (PNG, JPG, BMP, TIFF), which has no
+    physical pixel size (at most a print resolution, which SimpleITK reads as a spacing), as ``dssm segment``
+    counts a picture's uncertain area in pixels; ``"mm"`` otherwise. A mix is refused: its HD95 could not be
+    averaged."""
+    pictures = [c for c in cases if Path(c.image).name.lower().endswith(IMAGE_SUFFIXES_2D)]
+    if not pictures:
+        return "mm"
+    if len(pictures) == len(cases):
+        return "px"
+    other = next(c for c in cases if c not in pictures)
+    raise DSSMError(f"the cases mix picture files (e.g. {pictures[0].image}: no pixel size, HD95 in pixels) with "
+                    f"images that have one (e.g. {other.image}: HD95 in mm); evaluate them apart")
+
+
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
              tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1,
@@ -62,6 +78,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
+    unit = hd95_unit(cases)
     segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples,
                           uncertainty_samples=uncertainty_chains)
     k = segmenter.checked_steps(steps)
@@ -82,7 +99,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         seconds[case.case_id] = time.perf_counter() - t0
         pred = sitk.GetArrayFromImage(labels)
         gt = read_label_array(case).reshape(pred.shape)
-        spacing = tuple(reversed(image.GetSpacing()))
+        spacing = (1.0,) * pred.ndim if unit == "px" else tuple(reversed(image.GetSpacing()))
         result = case_metrics(pred, gt, structures, spacing)
         per_case[case.case_id] = result
         by_dataset[case.dataset][case.case_id] = result
@@ -97,13 +114,14 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     report = {
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
         "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "samples": samples,
-        "device": str(segmenter.device), "n_cases": len(per_case),
+        "device": str(segmenter.device), "n_cases": len(per_case), "hd95_unit": unit,
         "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
                              "median": float(np.median(list(seconds.values())))},
-        "summary": summarize(per_case),
-        "by_dataset": {name: summarize(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
+        "summary": summarize(per_case, unit),
+        "by_dataset": ({name: summarize(cases_, unit) for name, cases_ in by_dataset.items()}
+                       if len(by_dataset) > 1 else {}),
         "cases_by_dataset": {name: list(cases_) for name, cases_ in by_dataset.items()} if len(by_dataset) > 1 else {},
-        "per_case": {cid: {s: vars(m) for s, m in res.items()} for cid, res in per_case.items()},
+        "per_case": {cid: {s: as_dict(m, unit) for s, m in res.items()} for cid, res in per_case.items()},
     }
     if uncertainty:
         passes = len(segmenter.passes())
@@ -120,12 +138,13 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
 
 def _write_outputs(out: Path, report: dict, seconds: Dict[str, float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    hd95 = hd95_key(report["hd95_unit"])
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["case", "structure", "dice", "hd95_mm", "iou", "precision", "recall", "seconds"])
+        w.writerow(["case", "structure", "dice", hd95, "iou", "precision", "recall", "seconds"])
         for cid, res in report["per_case"].items():
             for s, m in res.items():
-                w.writerow([cid, s, m["dice"], m["hd95_mm"], m["iou"], m["precision"], m["recall"],
+                w.writerow([cid, s, m["dice"], m[hd95], m["iou"], m["precision"], m["recall"],
                             round(seconds[cid], 4)])
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
 
@@ -147,7 +166,10 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
     }
     if report["steps"] == bundle.default_steps and report["split"] == "val" and not options:
         metrics["dice"] = {s: round(v["dice"]["mean"], 4) for s, v in report["summary"].items()}
-        metrics["hd95_mm"] = {s: round(v["hd95_mm"]["mean"], 2) for s, v in report["summary"].items()}
+        unit = report.get("hd95_unit", "mm")
+        hd95 = hd95_key(unit)
+        metrics[hd95] = {s: round(v[hd95]["mean"], 2) for s, v in report["summary"].items()}
+        metrics.pop(hd95_key("mm" if unit == "px" else "px"), None)  # an earlier summary's, in the other unit
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
 

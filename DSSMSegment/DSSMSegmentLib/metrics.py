@@ -16,7 +16,9 @@ Conventions for empty masks (per structure, per case):
 Spacing: arrays and spacing must be in the same axis order. ``SimpleITK.GetArrayFromImage`` returns
 arrays indexed (z, y, x) while ``image.GetSpacing()`` is (x, y, z), so the caller must pass
 ``tuple(reversed(image.GetSpacing()))``. The spacing is used as given; HD95 is in the unit of the
-spacing (mm for medical images).
+spacing (mm for medical images). A picture file (PNG, JPG, ...) has no physical pixel size, at most a print
+resolution: it is measured with spacing 1, in pixels, and its summary and table say so (``hd95_px``,
+"HD95 (px)") where a volume's say ``hd95_mm``, "HD95 (mm)".
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "case_metrics",
     "summarize",
     "markdown_table",
+    "as_dict",
+    "hd95_key",
 ]
 
 
@@ -60,6 +64,23 @@ _COLUMNS: dict[str, tuple[str, int]] = {
     "precision": ("Precision", 3),
     "recall": ("Recall", 3),
 }
+
+
+def hd95_key(unit: str = "mm") -> str:
+    """The name HD95 goes by in summaries and files: ``hd95_mm`` (a volume, or any image with a physical spacing)
+    or ``hd95_px`` (a picture file, measured in pixels)."""
+    if unit not in ("mm", "px"):
+        raise ValueError(f"HD95 is in mm or px, not {unit!r}")
+    return f"hd95_{unit}"
+
+
+def _key(name: str, unit: str) -> str:
+    return hd95_key(unit) if name == "hd95_mm" else name
+
+
+def as_dict(metrics: StructureMetrics, unit: str = "mm") -> dict:
+    """One structure's metrics as a dict, HD95 under :func:`hd95_key` of ``unit``."""
+    return {_key(name, unit): value for name, value in vars(metrics).items()}
 
 
 def structure_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> StructureMetrics:
@@ -144,16 +165,18 @@ def case_metrics(
     return result
 
 
-def summarize(per_case: Mapping[str, Mapping[str, StructureMetrics]]) -> dict:
+def summarize(per_case: Mapping[str, Mapping[str, StructureMetrics]], unit: str = "mm") -> dict:
     """Aggregate metrics over cases.
 
     Args:
         per_case: case id -> (structure name -> metrics), e.g. one :func:`case_metrics` result per
             case. A structure missing from a case is simply not counted for that case.
+        unit: the unit HD95 was measured in: ``"mm"``, or ``"px"`` for picture files; its key is
+            ``hd95_mm`` or ``hd95_px`` (:func:`hd95_key`).
 
     Returns:
         ``{structure: {metric: {"mean": float, "sd": float, "n": int, "n_undefined": int}}}`` with
-        metrics ``dice``, ``hd95_mm``, ``iou``, ``precision``, ``recall``. NaN values (undefined
+        metrics ``dice``, ``hd95_mm`` (or ``hd95_px``), ``iou``, ``precision``, ``recall``. NaN values (undefined
         HD95) are left out: ``mean`` and ``sd`` (population sd, ddof=0) are over the ``n``
         defined values, and ``n_undefined`` counts the NaNs. With no defined value, mean and sd
         are NaN. Structures appear in the order first seen.
@@ -171,7 +194,7 @@ def summarize(per_case: Mapping[str, Mapping[str, StructureMetrics]]) -> dict:
         for name, values in per_metric.items():
             array = np.asarray(values, dtype=float)
             defined = array[~np.isnan(array)]
-            summary[structure][name] = {
+            summary[structure][_key(name, unit)] = {
                 "mean": float(defined.mean()) if defined.size else math.nan,
                 "sd": float(defined.std(ddof=0)) if defined.size else math.nan,
                 "n": int(defined.size),
@@ -183,18 +206,21 @@ def summarize(per_case: Mapping[str, Mapping[str, StructureMetrics]]) -> dict:
 def markdown_table(summary: dict) -> str:
     """Render a :func:`summarize` result as a Markdown table.
 
-    Rows are structures; columns Dice, HD95 (mm), IoU, Precision, Recall, each as
-    ``mean ± sd`` (HD95 with 2 decimals, the others with 3), e.g. ``0.912 ± 0.031``; a single
-    defined value has no spread and is shown alone. A cell with undefined cases gets a note such as
-    ``(2 of 10 undefined)``; a cell with no defined value reads ``n/a``.
+    Rows are structures; columns Dice, HD95 (mm, or px for a summary with ``hd95_px``), IoU,
+    Precision, Recall, each as ``mean ± sd`` (HD95 with 2 decimals, the others with 3), e.g.
+    ``0.912 ± 0.031``; a single defined value has no spread and is shown alone. A cell with
+    undefined cases gets a note such as ``(2 of 10 undefined)``; a cell with no defined value reads
+    ``n/a``.
     """
-    header = "| Structure | " + " | ".join(title for title, _ in _COLUMNS.values()) + " |"
+    pixels = any(hd95_key("px") in per_metric for per_metric in summary.values())
+    unit = "px" if pixels else "mm"
+    header = "| Structure | " + " | ".join(title.replace("(mm)", f"({unit})") for title, _ in _COLUMNS.values()) + " |"
     rule = "|---|" + "---:|" * len(_COLUMNS)
     rows = [header, rule]
     for structure, per_metric in summary.items():
         cells = [str(structure)]
         for name, (_, decimals) in _COLUMNS.items():
-            stats = per_metric[name]
+            stats = per_metric[_key(name, unit)]
             if stats["n"] == 0:
                 cell = "n/a"
             elif stats["n"] == 1:

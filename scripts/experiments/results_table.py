@@ -50,7 +50,7 @@ VARIANT_HEADER = ["model", "structure", "DSSM variant", "K=4", "K=0", "K=4, 4 sa
                   "paper"]
 SAMPLE_HEADER = ["model", "structure", "DSSM K=4", "DSSM K=4, 4 samples", "DSSM K=0", "baseline"]
 HEADER = ["model", "structure", "cases", "DSSM K=4", "DSSM K=0", "DSSM K=4 + TTA", "baseline", "baseline + TTA",
-          "paper", "DSSM HD95 mm (K=4 + TTA)", "baseline HD95 mm (+ TTA)"]
+          "paper", "DSSM HD95 (K=4 + TTA)", "baseline HD95 (+ TTA)"]
 
 
 DIGITS = 3  # of every Dice printed; --targets computes its differences from 6
@@ -61,6 +61,22 @@ def fmt(stat, digits: int = None) -> str:
     if stat is None or stat["mean"] is None or (isinstance(stat["mean"], float) and math.isnan(stat["mean"])):
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def hd95_of(stats: dict):
+    """A structure's HD95 summary and its unit: ``hd95_mm`` for volumes, ``hd95_px`` for picture files (which have
+    no pixel size; ``dssm evaluate`` measures them in pixels); ``(None, "")`` if neither is there."""
+    for unit in ("mm", "px"):
+        if f"hd95_{unit}" in stats:
+            return stats[f"hd95_{unit}"], unit
+    return None, ""
+
+
+def fmt_hd95(stats) -> str:
+    """HD95's mean ± sd with its unit, e.g. ``4.24 ± 3.73 mm`` or ``5.64 ± 7.05 px``."""
+    stat, unit = hd95_of(stats or {})
+    cell = fmt(stat, 2)
+    return f"{cell} {unit}" if stat is not None and cell != "n/a" else cell
 
 
 def load(path: Path):
@@ -88,7 +104,8 @@ def rows_for(model: str, rows=ROWS, extra=True):
                 report = reports[row]
                 if not report:
                     return None
-                return summary_of(report, dataset).get(structure, {}).get(key)
+                stats = summary_of(report, dataset).get(structure, {})
+                return stats if key is None else stats.get(key)
             name = model + (f" ({dataset})" if dataset else "")
             if not extra:
                 out.append([name, structure, *(fmt(pick(row)) for row in rows)])
@@ -96,7 +113,7 @@ def rows_for(model: str, rows=ROWS, extra=True):
             paper = PAPER.get((model, dataset or structure))
             n = summary[structure]["dice"]["n"]
             out.append([name, structure, str(n), *(fmt(pick(row)) for row in rows), f"{paper:.4f}" if paper else "",
-                        fmt(pick("K4-tta", "hd95_mm"), 2), fmt(pick("baseline-tta", "hd95_mm"), 2)])
+                        fmt_hd95(pick("K4-tta", None)), fmt_hd95(pick("baseline-tta", None))])
     return out
 
 
@@ -122,12 +139,19 @@ def loocv_rows(rows=ROWS, extra=True):
             if rep:
                 for s, v in rep["summary"].items():
                     vals.setdefault((s, "dice"), []).append(v["dice"]["mean"])
-                    vals.setdefault((s, "hd95_mm"), []).append(v["hd95_mm"]["mean"])
+                    hd95, unit = hd95_of(v)
+                    vals.setdefault((s, f"hd95 {unit}"), []).append(hd95["mean"])
         per[row] = vals
 
     def f(row, structure, key="dice", digits=None):
         v = per.get(row, {}).get((structure, key))
         return mean_sd(v, digits) if v else "n/a"
+
+    def f_hd95(row, structure):
+        for unit in ("mm", "px"):
+            if per.get(row, {}).get((structure, f"hd95 {unit}")):
+                return f"{f(row, structure, f'hd95 {unit}', 2)} {unit}"
+        return "n/a"
 
     out = []
     for structure in [s for s, key in per.get("K4", {}) if key == "dice"]:
@@ -137,7 +161,7 @@ def loocv_rows(rows=ROWS, extra=True):
         out.append(["prostate-t2-mri (LOOCV, 4 folds)", structure, str(len(per["K4"][(structure, "dice")])),
                     *(f(row, structure) for row in rows),
                     f"{PAPER[('prostate-t2-mri', 'whole gland')]:.4f}" if structure == "whole gland" else "",
-                    f("K4-tta", structure, "hd95_mm", 2), f("baseline-tta", structure, "hd95_mm", 2)])
+                    f_hd95("K4-tta", structure), f_hd95("baseline-tta", structure)])
     return out
 
 
