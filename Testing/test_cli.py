@@ -178,7 +178,7 @@ def test_evaluate_on_two_datasets_says_which_case_is_from_which(tmp_path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------------------
-# dssm evaluate: one case has no spread; pictures in pixels
+# dssm evaluate -o: an earlier evaluation is kept unless --overwrite; one case has no spread; pictures in pixels
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +238,27 @@ def test_evaluate_prints_one_case_without_a_spread(dermoscopy_evaluation) -> Non
     row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| skin lesion |"))
     assert row == (f"| skin lesion | {stats['dice']['mean']:.3f} | {hd95['mean']:.2f} | "
                    f"{stats['iou']['mean']:.3f} | {stats['precision']['mean']:.3f} | {stats['recall']['mean']:.3f} |")
+
+
+def test_evaluate_keeps_an_earlier_evaluation_unless_overwrite(dermoscopy_evaluation, tmp_path) -> None:
+    """As ``dssm segment`` keeps its outputs: an -o folder that holds an earlier evaluation (its metrics, or only the
+    masks of one that was stopped) is refused before any work, with one line, unless --overwrite."""
+    spec, first, _ = dermoscopy_evaluation
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    command = ["evaluate", spec, "--model", "skin-lesion-dermoscopy", "--steps", "0", "-o", out]
+    before = {p: p.read_bytes() for p in files_under(out)}
+    proc = run_dssm(command, cwd=tmp_path)
+    line = assert_one_error_line(proc.returncode, proc.stderr)
+    assert f"{out / 'metrics.csv'}, {out / 'metrics.json'}, {out / 'masks' / 'ISIC_0000007.png'} already exist" \
+        in line and "--overwrite" in line, line
+    assert proc.stdout == "" and {p: p.read_bytes() for p in files_under(out)} == before
+    (out / "metrics.csv").unlink()
+    (out / "metrics.json").unlink()
+    proc = run_dssm(command, cwd=tmp_path)
+    line = assert_one_error_line(proc.returncode, proc.stderr)
+    assert f"{out / 'masks' / 'ISIC_0000007.png'} already exists; pass --overwrite" in line, line
+    proc = run_dssm(command + ["--overwrite"], cwd=tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["per_case"] == \
+        json.loads((first / "metrics.json").read_text(encoding="utf-8"))["per_case"]

@@ -15,13 +15,13 @@ for m in "${models[@]}"; do
   d=$(model_data "$m")
   for row in $ROWS; do
     case $row in
-      K4)           $DSSM evaluate "$d" --model "$m" -o "results/$m/K4" --update-bundle ;;
-      K0)           $DSSM evaluate "$d" --model "$m" --steps 0 -o "results/$m/K0" --update-bundle ;;
-      baseline)     $DSSM evaluate "$d" --model "$m-baseline" -o "results/$m/baseline" --update-bundle ;;
-      K4-tta)       $DSSM evaluate "$d" --model "$m" --tta -o "results/$m/K4-tta" --update-bundle ;;
-      baseline-tta) $DSSM evaluate "$d" --model "$m-baseline" --tta -o "results/$m/baseline-tta" --update-bundle ;;
-      K4-s4)        $DSSM evaluate "$d" --model "$m" --samples 4 -o "results/$m/K4-s4" --update-bundle ;;
-      K4-tta-s4)    $DSSM evaluate "$d" --model "$m" --tta --samples 4 -o "results/$m/K4-tta-s4" --update-bundle ;;
+      K4)           $DSSM evaluate "$d" --model "$m" -o "results/$m/K4" --overwrite --update-bundle ;;
+      K0)           $DSSM evaluate "$d" --model "$m" --steps 0 -o "results/$m/K0" --overwrite --update-bundle ;;
+      baseline)     $DSSM evaluate "$d" --model "$m-baseline" -o "results/$m/baseline" --overwrite --update-bundle ;;
+      K4-tta)       $DSSM evaluate "$d" --model "$m" --tta -o "results/$m/K4-tta" --overwrite --update-bundle ;;
+      baseline-tta) $DSSM evaluate "$d" --model "$m-baseline" --tta -o "results/$m/baseline-tta" --overwrite --update-bundle ;;
+      K4-s4)        $DSSM evaluate "$d" --model "$m" --samples 4 -o "results/$m/K4-s4" --overwrite --update-bundle ;;
+      K4-tta-s4)    $DSSM evaluate "$d" --model "$m" --tta --samples 4 -o "results/$m/K4-tta-s4" --overwrite --update-bundle ;;
       *) echo "unknown row $row" >&2; exit 2 ;;
     esac
   done

@@ -20,10 +20,10 @@ for case in 001 002 020 021; do
     out="results/prostate-t2-mri/loocv/$case"
     for row in $ROWS; do
       case $row in
-        plain)  $DSSM evaluate prostate158 --model "$bundle" -o "$out-$kind" ;;
-        tta)    $DSSM evaluate prostate158 --model "$bundle" --tta -o "$out-$kind-tta" ;;
-        K0)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "$out-dssm-K0" ;;
-        s4)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --samples 4 -o "$out-dssm-s4" ;;
+        plain)  $DSSM evaluate prostate158 --model "$bundle" -o "$out-$kind" --overwrite ;;
+        tta)    $DSSM evaluate prostate158 --model "$bundle" --tta -o "$out-$kind-tta" --overwrite ;;
+        K0)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --steps 0 -o "$out-dssm-K0" --overwrite ;;
+        s4)     [ $kind = baseline ] || $DSSM evaluate prostate158 --model "$bundle" --samples 4 -o "$out-dssm-s4" --overwrite ;;
         *) echo "unknown row $row" >&2; exit 2 ;;
       esac
     done

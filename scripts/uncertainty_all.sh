@@ -20,11 +20,11 @@ for part in $PARTS; do
     evaluate)
       for m in "${models[@]}"; do
         d=$(model_data "$m")
-        $DSSM evaluate "$d" --model "$m" --uncertainty -o "runs/uncertainty/$m/K4"
-        $DSSM evaluate "$d" --model "$m" --uncertainty --uncertainty-chains 3 -o "runs/uncertainty/$m/K4-3chains"
-        $DSSM evaluate "$d" --model "$m-baseline" --uncertainty -o "runs/uncertainty/$m/baseline"
-        $DSSM evaluate "$d" --model "$m" --uncertainty --tta -o "runs/uncertainty/$m/K4-tta"
-        $DSSM evaluate "$d" --model "$m-baseline" --uncertainty --tta -o "runs/uncertainty/$m/baseline-tta"
+        $DSSM evaluate "$d" --model "$m" --uncertainty -o "runs/uncertainty/$m/K4" --overwrite
+        $DSSM evaluate "$d" --model "$m" --uncertainty --uncertainty-chains 3 -o "runs/uncertainty/$m/K4-3chains" --overwrite
+        $DSSM evaluate "$d" --model "$m-baseline" --uncertainty -o "runs/uncertainty/$m/baseline" --overwrite
+        $DSSM evaluate "$d" --model "$m" --uncertainty --tta -o "runs/uncertainty/$m/K4-tta" --overwrite
+        $DSSM evaluate "$d" --model "$m-baseline" --uncertainty --tta -o "runs/uncertainty/$m/baseline-tta" --overwrite
       done
       collect="--collect runs/uncertainty" ;;
     familiarity)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import Cancelled, DSSMError
+from .files import check_writable, refuse_unsafe_outputs
 
 # Argument values are checked by argparse itself, before anything heavy (PyTorch) is imported: a typo costs
 # a fraction of a second, and the message names the option.
@@ -210,7 +211,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--steps", type=_count(0), default=None, help="Markov steps K (default: the model's own)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda (or gpu) or cuda:N")
     p.add_argument("--batch-size", type=_count(1), default=16, help="slices per network batch")
-    p.add_argument("-o", "--output", default=None, help="folder for metrics.csv, metrics.json and the masks")
+    p.add_argument("-o", "--output", type=_named("the folder for the metrics and the masks"), default=None,
+                   help="folder for metrics.csv, metrics.json and the masks (created if missing, as for segment)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation's files in -o (metrics.csv, metrics.json, masks/), as for "
+                        "segment")
     p.add_argument("--limit", type=_count(0), default=0, help="evaluate at most this many cases (0: all)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as for segment")
     p.add_argument("--seed", type=_count(0, _SEED_MAX), default=0, help="seed of the Markov chain's noise, as for segment")
@@ -319,23 +324,6 @@ def _input_files(inputs: List[Path]) -> set:
     return files
 
 
-def _refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> None:
-    """Before any work: no output may be an input file, two inputs may not share an output, and an existing
-    output is replaced only with ``--overwrite``. ``targets`` maps each output path to the input it is for."""
-    existing = []
-    for target, source in targets.items():
-        if target.resolve() in protected:
-            raise DSSMError(f"writing {target} would replace the input {source} (-o is the input's own folder and "
-                            "the mask has the same name); choose another output folder with -o")
-        if target.exists() and not overwrite:
-            existing.append(target)
-    if existing:
-        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
-        verb = "already exists" if len(existing) == 1 else "already exist"
-        raise DSSMError(f"{', '.join(map(str, existing[:3]))}{more} {verb}; pass --overwrite to replace, or choose "
-                        "another output folder with -o")
-
-
 def _earlier_masks(inputs: List[Path], explicit: set) -> tuple:
     """``(inputs, skipped)``: an input found in a folder that is the mask another input gets in its own folder
     (X.png beside X.jpg, from an earlier run with ``-o`` that folder) and holds a few integer values is that
@@ -376,19 +364,6 @@ def _check_timings_file(timings: Path, targets: dict, protected: set, overwrite:
                         "timings")
     if timings.exists() and not overwrite:
         raise DSSMError(f"--timings {timings} already exists; pass --overwrite to replace it, or name another file")
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Create the output folder and try a file in it, before the model loads: a folder that cannot be written
-    (no permission, a read-only disk, a file on the way) is said once, not after each input's work."""
-    import tempfile
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise DSSMError(f"cannot write into {out_dir}: {exc.strerror or exc}; choose another folder") from None
 
 
 def _shard() -> tuple:
@@ -435,14 +410,14 @@ def cmd_segment(args) -> int:
         pairs = "; ".join(f"{a} and {b} would both be written as {t}" for (a, b), t in clashes.items())
         raise DSSMError(f"{pairs}; segment them into different output folders or rename one")
     protected = _input_files(inputs)
-    _refuse_unsafe_outputs(targets, protected, args.overwrite)
+    refuse_unsafe_outputs(targets, protected, args.overwrite)
     if args.timings:
         _check_timings_file(Path(args.timings), targets, protected, args.overwrite)
 
-    _check_writable(out_dir)
+    check_writable(out_dir)
     if args.timings:
         args.timings = str(Path(args.timings).resolve())  # a link: the file it points to gets the timings
-        _check_writable(Path(args.timings).parent)
+        check_writable(Path(args.timings).parent)
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()
@@ -522,7 +497,7 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
     outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2, args.uncertainty)
     unplanned = {t: path for t in outputs if targets.get(t) != path}
     if unplanned:  # a picture file type that held a volume (a 3D TIFF)
-        _refuse_unsafe_outputs(unplanned, protected, args.overwrite)
+        refuse_unsafe_outputs(unplanned, protected, args.overwrite)
         clash = [t for t in unplanned if t in targets]
         if clash:
             raise DSSMError(f"{path} would be written as {clash[0]}, the output of {targets[clash[0]]}; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from . import uncertainty as unc
 from .bundle import META_FILE, evaluation_key, evaluation_options, resolve_model
 from .datasets import Case, case_key, find_cases, read_label_array
 from .errors import DSSMError
+from .files import check_writable, refuse_unsafe_outputs
 from .imageio import IMAGE_SUFFIXES_2D, read_image, write_image_atomically
 from .inference import Segmenter
 from .metrics import StructureMetrics, as_dict, case_metrics, hd95_key, markdown_table, summarize
@@ -66,12 +68,39 @@ def hd95_unit(cases: List[Case]) -> str:
                     f"images that have one (e.g. {other.image}: HD95 in mm); evaluate them apart")
 
 
+def _mask_path(out: Path, case: Case, is_2d: bool) -> Path:
+    """Where ``-o OUT`` gets a case's mask: ``OUT/masks/CASE.png`` for a 2D image, ``.nii.gz`` for a volume."""
+    return out / "masks" / (case.case_id + (".png" if is_2d else ".nii.gz"))
+
+
+def check_output(out: Path, cases: List[Case], data: str, overwrite: bool) -> None:
+    """Before any work, by ``dssm segment``'s rules: ``-o`` is a folder that can be written (created if missing), no
+    mask may replace a case's image or label, and an earlier evaluation's files in it (``metrics.csv``,
+    ``metrics.json``, anything in ``masks/``) are replaced only with ``overwrite``; with it, earlier masks this
+    evaluation does not write again get a note."""
+    if out.exists() and not out.is_dir():
+        raise DSSMError(f"-o {out} is a file; -o names the folder for metrics.csv, metrics.json and the masks")
+    targets = {_mask_path(out, case, is_2d): case.image for case in cases for is_2d in (True, False)}
+    refuse_unsafe_outputs(targets, {Path(p).resolve() for c in cases for p in (c.image, c.label)}, True)
+    earlier = sorted(p for p in (out / "masks").iterdir() if p.is_file()) if (out / "masks").is_dir() else []
+    stale = [p for p in earlier if p not in targets]
+    refuse_unsafe_outputs({out / "metrics.csv": data, out / "metrics.json": data, **targets,
+                            **{p: data for p in stale}}, set(), overwrite)
+    if stale:
+        print(f"dssm: note: {len(stale)} file(s) in {out / 'masks'} (e.g. {stale[0].name}) are from an earlier "
+              "evaluation of other cases and will not be written again; delete them to keep only this one's",
+              file=sys.stderr)
+    check_writable(out)
+
+
 def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device: str = "auto",
              batch_size: int = 16, output: Path = None, limit: int = 0, progress: bool = True,
              tta: bool = False, postprocess: bool = True, seed: int = 0, samples: int = 1,
-             uncertainty: bool = False, uncertainty_chains: int = unc.UNCERTAINTY_SAMPLES) -> dict:
+             uncertainty: bool = False, uncertainty_chains: int = unc.UNCERTAINTY_SAMPLES,
+             overwrite: bool = False) -> dict:
     """Segment and score the cases; with ``uncertainty``, also measure how well each uncertainty measure
-    (:data:`uncertainty.MEASURES`) finds the wrong voxels (:class:`uncertainty.ErrorDetection`)."""
+    (:data:`uncertainty.MEASURES`) finds the wrong voxels (:class:`uncertainty.ErrorDetection`). With ``output``,
+    an earlier evaluation's files there are replaced only with ``overwrite`` (:func:`check_output`)."""
     from tqdm import tqdm
 
     bundle = resolve_model(bundle_name)
@@ -79,6 +108,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     if limit:
         cases = cases[:limit]
     unit = hd95_unit(cases)
+    if output is not None:
+        check_output(Path(output), cases, data, overwrite)
     segmenter = Segmenter(bundle, device=device, batch_size=batch_size, tta=tta, samples=samples,
                           uncertainty_samples=uncertainty_chains)
     k = segmenter.checked_steps(steps)
@@ -109,8 +140,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
             for measure, found in detection.items():
                 found.add(case.case_id, run.uncertainty_maps[measure].reshape(pred.shape), pred, gt, mean_dice)
         if output is not None:
-            suffix = ".png" if image.GetDimension() == 2 else ".nii.gz"
-            write_image_atomically(labels, Path(output) / "masks" / (case.case_id + suffix))
+            write_image_atomically(labels, _mask_path(Path(output), case, image.GetDimension() == 2))
     report = {
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
         "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "samples": samples,
@@ -201,7 +231,8 @@ def evaluate_command(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
                       postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples,
-                      uncertainty=args.uncertainty, uncertainty_chains=args.uncertainty_chains)
+                      uncertainty=args.uncertainty, uncertainty_chains=args.uncertainty_chains,
+                      overwrite=args.overwrite)
     print(f"\n{report['model']} ({report['kind']}), K={report['steps']}{' with TTA' if report['tta'] else ''}"
           f"{', %d Markov samples' % report['samples'] if report['samples'] > 1 else ''}, "
           f"{report['n_cases']} {report['split']} "

@@ -1,9 +1,12 @@
-"""File modes: what a new file of ours gets, whatever wrote it (needs nothing but the standard library)."""
+"""Files a command writes: what a new file of ours gets, whatever wrote it, and the checks made before any work on
+the outputs of ``dssm segment`` and ``dssm evaluate`` (needs nothing but the standard library)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .errors import DSSMError
 
 
 def file_mode() -> int:
@@ -30,3 +33,33 @@ def _umask() -> int:
 def follow_umask(path: Path) -> None:
     """Give a file we just wrote the mode the user's umask gives new files."""
     os.chmod(path, file_mode())
+
+
+def refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> None:
+    """Before any work: no output may be an input file, two inputs may not share an output, and an existing
+    output is replaced only with ``--overwrite``. ``targets`` maps each output path to the input it is for."""
+    existing = []
+    for target, source in targets.items():
+        if target.resolve() in protected:
+            raise DSSMError(f"writing {target} would replace the input {source} (-o is the input's own folder and "
+                            "the mask has the same name); choose another output folder with -o")
+        if target.exists() and not overwrite:
+            existing.append(target)
+    if existing:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        verb = "already exists" if len(existing) == 1 else "already exist"
+        raise DSSMError(f"{', '.join(map(str, existing[:3]))}{more} {verb}; pass --overwrite to replace, or choose "
+                        "another output folder with -o")
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create the output folder and try a file in it, before the model loads: a folder that cannot be written
+    (no permission, a read-only disk, a file on the way) is said once, not after each input's work."""
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise DSSMError(f"cannot write into {out_dir}: {exc.strerror or exc}; choose another folder") from None

@@ -48,10 +48,10 @@ else
   baseline_pid=$!
   wait "$dssm_pid" || { echo "DSSM training failed: see $run" >&2; exit 1; }
   wait "$baseline_pid" || { echo "baseline training failed: see runs/cpu/$model-baseline" >&2; exit 1; }
-  $DSSM evaluate "$data" --model "runs/cpu/$model-baseline/bundle/$model-baseline" -o "$out/baseline"
+  $DSSM evaluate "$data" --model "runs/cpu/$model-baseline/bundle/$model-baseline" -o "$out/baseline" --overwrite
 fi
 prefix=${VARIANT:+$VARIANT-}
 tuned=$run/bundle/$model
-$DSSM evaluate "$data" --model "$tuned" -o "$out/${prefix}K4"
-$DSSM evaluate "$data" --model "$tuned" --steps 0 -o "$out/${prefix}K0"
-$DSSM evaluate "$data" --model "$tuned" --samples 4 -o "$out/${prefix}K4-s4"
+$DSSM evaluate "$data" --model "$tuned" -o "$out/${prefix}K4" --overwrite
+$DSSM evaluate "$data" --model "$tuned" --steps 0 -o "$out/${prefix}K0" --overwrite
+$DSSM evaluate "$data" --model "$tuned" --samples 4 -o "$out/${prefix}K4-s4" --overwrite

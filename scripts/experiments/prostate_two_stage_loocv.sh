@@ -25,6 +25,6 @@ for case in "${cases[@]}"; do
     --iterations "${ITERATIONS:-900}" --batch-size 32 --lr 1e-3 --val-every 0.25 --out "$run"
   for k in 0 4; do
     out=results/prostate-t2-mri/two-stage-loocv/$case-K$k
-    [ -f "$out/metrics.json" ] || $DSSM evaluate prostate158 --model "$run/bundle/prostate-t2-mri" --steps "$k" -o "$out"
+    [ -f "$out/metrics.json" ] || $DSSM evaluate prostate158 --model "$run/bundle/prostate-t2-mri" --steps "$k" -o "$out" --overwrite
   done
 done

@@ -12,5 +12,5 @@ m=$1; n=${2:-4}
 samples=${SAMPLES:-1}
 row=K4; [ "$samples" = 1 ] || row="K4-s$samples"
 for s in $(seq 1 "$n"); do
-  $DSSM evaluate "$(model_data "$m")" --model "$m" --samples "$samples" --seed "$s" -o "results/$m/$row-seed$s"
+  $DSSM evaluate "$(model_data "$m")" --model "$m" --samples "$samples" --seed "$s" -o "results/$m/$row-seed$s" --overwrite
 done
