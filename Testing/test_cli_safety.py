@@ -289,6 +289,27 @@ def test_timings_that_name_a_folder_an_input_or_an_output_are_refused_first(smal
     assert json.loads((tmp_path / "real.json").read_text(encoding="utf-8"))["model"] == "heart-cine-mri"
 
 
+def test_missing_folders_of_o_and_timings_are_created_alike_and_named(tmp_path, capfd) -> None:
+    """-o and --timings follow one rule: a missing folder is created before any work, with its missing parents, and
+    each one created that the option does not name itself (a parent of -o, the folder of --timings) gets a note, so
+    that a mistyped path shows at once; --timings /no/such/dir/t.json created its folders without a word."""
+    _need(XRAY)
+    out, timings = tmp_path / "no" / "such" / "out", tmp_path / "other" / "dir" / "t.json"
+    code, captured = _main(["segment", "--model", "lungs-cxr", "--steps", "0", "--timings", timings, "-o", out, XRAY],
+                           capfd)
+    assert code == 0, captured.err
+    base = tmp_path.resolve()  # --timings is followed to the file it names (links too)
+    assert [ln for ln in captured.err.splitlines() if "created" in ln] == [
+        f"dssm: note: created the missing folders {tmp_path / 'no'}, {tmp_path / 'no' / 'such'} for -o {out}",
+        f"dssm: note: created the missing folders {base / 'other'}, {base / 'other' / 'dir'} for --timings {timings}"]
+    assert (out / XRAY.name).is_file() and json.loads(timings.read_text(encoding="utf-8"))["cases"]
+    # the folder -o names, and the timings in it: nothing to say
+    code, captured = _main(["segment", "--model", "lungs-cxr", "--steps", "0", "--timings", tmp_path / "new" / "t.json",
+                            "-o", tmp_path / "new", XRAY], capfd)
+    assert code == 0 and "created" not in captured.err, captured.err
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [XRAY.name, "t.json"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 6. Direction cosines a little off orthonormal (scanner float32 headers) are read, not refused
 

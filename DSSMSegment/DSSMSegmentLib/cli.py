@@ -109,7 +109,7 @@ def _add_segment(sub) -> None:
                        "skipped.")
     p.add_argument("inputs", nargs="+", help="image files, DICOM series folders, or folders of images")
     p.add_argument("-o", "--output", type=_named("the output folder (-o . for the current one)"), required=True,
-                   help="output folder (created if missing)")
+                   help="output folder (created if missing; a missing parent folder too, with a note)")
     p.add_argument("--model", type=_named("a model from 'dssm models' or a bundle folder"), required=True,
                    help="model name (see 'dssm models') or bundle folder")
     p.add_argument("--steps", type=_count(0), default=None,
@@ -132,7 +132,8 @@ def _add_segment(sub) -> None:
                         "X_uncertainty_overlay.png (docs/uncertainty.md)")
     _add_uncertainty_chains(p)
     p.add_argument("--timings", type=_named("the JSON file to write"), default=None,
-                   help="write per-case timings, familiarity scores and warnings to this JSON file")
+                   help="write per-case timings, familiarity scores and warnings to this JSON file (a missing "
+                        "folder is created for it, with a note)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs that already exist (never an input file)")
     p.add_argument("--fail-fast", action="store_true",
@@ -416,8 +417,8 @@ def cmd_segment(args) -> int:
 
     check_writable(out_dir)
     if args.timings:
-        args.timings = str(Path(args.timings).resolve())  # a link: the file it points to gets the timings
-        check_writable(Path(args.timings).parent)
+        given, args.timings = args.timings, str(Path(args.timings).resolve())  # a link: the file it points to gets them
+        check_writable(Path(args.timings).parent, Path(given))
 
     # Under torchrun, each process takes every WORLD_SIZE-th input: batch work shards with no extra code.
     rank, world = _shard()

@@ -4,7 +4,9 @@ the outputs of ``dssm segment`` and ``dssm evaluate`` (needs nothing but the sta
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Optional
 
 from .errors import DSSMError
 
@@ -52,14 +54,23 @@ def refuse_unsafe_outputs(targets: dict, protected: set, overwrite: bool) -> Non
                         "another output folder with -o")
 
 
-def check_writable(out_dir: Path) -> None:
-    """Create the output folder and try a file in it, before the model loads: a folder that cannot be written
-    (no permission, a read-only disk, a file on the way) is said once, not after each input's work."""
+def check_writable(out_dir: Path, file: Optional[Path] = None) -> None:
+    """Create the output folder ``-o`` names (or the folder of ``file``, e.g. ``--timings``'s) and try a file in it,
+    before the model loads: a folder that cannot be written (no permission, a read-only disk, a file on the way) is
+    said once, not after each input's work. Missing folders are created with their missing parents, for ``-o`` and
+    ``--timings`` alike; each one created that the option does not itself name (a parent of ``-o``, the folder of
+    ``--timings``) gets a note, so that a mistyped path is seen at once."""
     import tempfile
 
     try:
+        missing = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
         raise DSSMError(f"cannot write into {out_dir}: {exc.strerror or exc}; choose another folder") from None
+    created = missing if file is not None else missing[1:]
+    if created:
+        option = f"--timings {file}" if file is not None else f"-o {out_dir}"
+        print(f"dssm: note: created the missing folder{'s' if len(created) > 1 else ''} "
+              f"{', '.join(map(str, reversed(created)))} for {option}", file=sys.stderr)
