@@ -203,6 +203,29 @@ def test_label_maps_in_a_folder_are_skipped_by_name_or_by_values(small_heart, tm
     assert code == 0 and (tmp_path / "out2" / "p011_reader2.png").is_file(), captured.err
 
 
+def test_the_count_of_inputs_leaves_out_the_label_maps_skipped(small_heart, tmp_path, capfd) -> None:
+    """The line that says how many inputs a run segments counts those it segments: a label map told by its values
+    (a second reader's mask beside the image) is named as skipped before it, not counted, and listed as skipped in
+    --timings; it used to be counted, and only skipped in the run."""
+    _need(XRAY_MASK)
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    shutil.copy(small_heart, folder / "p011.nii.gz")
+    shutil.copy(XRAY_MASK, folder / "p011_reader2.png")  # 0 and 255 only
+    code, captured = _main(["segment", "--model", "heart-cine-mri", "--steps", "0", "--timings", tmp_path / "t.json",
+                            "-o", tmp_path / "out", folder], capfd)
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == (f"skipped {folder / 'p011_reader2.png'}: a label map (values 0, 255); name it on the "
+                        "command line to segment it anyway"), captured.out
+    assert lines[1].startswith("model heart-cine-mri (") and f": 1 input(s) -> {tmp_path / 'out'}" in lines[1], lines[1]
+    assert [ln for ln in lines if ln.startswith("skipped ")] == lines[:1]
+    report = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
+    assert report["skipped"] == [{"input": str(folder / "p011_reader2.png"), "reason": "label map"}]
+    assert [c["input"] for c in report["cases"]] == [str(folder / "p011.nii.gz")]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p011.nii.gz"]
+
+
 def test_a_folder_segmented_into_itself_can_be_segmented_again(tmp_path, capfd) -> None:
     """``-o`` the input folder puts X.png beside X.jpg. A later run over that folder (into it again, or elsewhere)
     skips those masks, and the hidden ._X.jpg copies macOS leaves on some drives, and says so; it used to stop at

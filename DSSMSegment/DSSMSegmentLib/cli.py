@@ -325,26 +325,30 @@ def _input_files(inputs: List[Path]) -> set:
     return files
 
 
-def _earlier_masks(inputs: List[Path], explicit: set) -> tuple:
-    """``(inputs, skipped)``: an input found in a folder that is the mask another input gets in its own folder
-    (X.png beside X.jpg, from an earlier run with ``-o`` that folder) and holds a few integer values is that
-    earlier mask, not an image: it is left out with its reason."""
-    from .imageio import label_map_values, output_name, read_image
+def _label_maps(inputs: List[Path], explicit: set) -> tuple:
+    """``(inputs, skipped)``: an input found in a folder (not named on the command line) that holds a few integer
+    values is a label map, not an image: a ground truth, or the mask another input gets in its own folder (X.png
+    beside X.jpg, from an earlier run with ``-o`` that folder). It is left out with its reason before the run counts
+    its inputs. A float or colour image is told by its header alone (:func:`imageio.may_be_label_map`); others are
+    read once more than they are segmented."""
+    from .imageio import label_map_values, may_be_label_map, output_name, read_image
 
     masks = {mask: path for path in inputs if (mask := path.parent / output_name(path)) != path}
     kept, skipped = [], []
     for path in inputs:
-        source = masks.get(path)
-        if source is not None and path not in explicit:
+        values = None
+        if path not in explicit and may_be_label_map(path):
             try:
                 values = label_map_values(read_image(path))
             except DSSMError:  # not readable: its own run says so
                 values = None
-            if values is not None:
-                skipped.append((path, f"a label map (values {', '.join(map(str, values))}), the mask of {source.name} "
-                                      "from an earlier run"))
-                continue
-        kept.append(path)
+        if values is None:
+            kept.append(path)
+            continue
+        source, listed = masks.get(path), ", ".join(map(str, values))
+        skipped.append((path, f"a label map (values {listed}), the mask of {source.name} from an earlier run"
+                        if source is not None else
+                        f"a label map (values {listed}); name it on the command line to segment it anyway"))
     return kept, skipped
 
 
@@ -393,8 +397,8 @@ def cmd_segment(args) -> int:
     bundle = resolve_model(args.model)
     inputs, skipped = expand_inputs(args.inputs)
     explicit = {Path(item) for item in args.inputs}
-    inputs, earlier = _earlier_masks(inputs, explicit)
-    for path, reason in skipped + earlier:
+    inputs, label_maps = _label_maps(inputs, explicit)  # before the count: what is segmented, not what is found
+    for path, reason in skipped + label_maps:
         print(f"skipped {path}: {reason}")
     if not inputs:
         raise DSSMError("nothing to segment: every file found was skipped (listed above); name a file on the "
@@ -444,20 +448,21 @@ def cmd_segment(args) -> int:
           f" on {segmenter.device}: {len(inputs)} input(s) -> {out_dir}")
     report = {"model": bundle.name, "device": str(segmenter.device), "model_load_seconds": load_seconds,
               "steps": steps if bundle.architecture.kind == "dssm" else None, "seed": args.seed,
-              "tta": segmenter.tta, "samples": segmenter.samples, "cases": [], "failed": [], "skipped": []}
+              "tta": segmenter.tta, "samples": segmenter.samples, "cases": [], "failed": [],
+              "skipped": [{"input": str(path), "reason": "label map"} for path, _ in label_maps]}
     fail_fast = args.fail_fast or len(inputs) == 1  # one input: its error is the whole story
     # the bar goes to a terminal only; the per-case lines go through it, so that neither breaks the other
     bar = tqdm(inputs, desc="segment", unit="image", disable=len(inputs) < 2 or not sys.stderr.isatty())
     for path in bar:
         try:
-            case = _segment_one(segmenter, path, out_dir, args, targets, protected, path in explicit)
+            case = _segment_one(segmenter, path, out_dir, args, targets, protected)
         except DSSMError as exc:
             if fail_fast or isinstance(exc, Cancelled):
                 raise
             report["failed"].append({"input": str(path), "error": str(exc)})
             tqdm.write(f"dssm: error: {exc}", file=sys.stderr)
             continue
-        report["cases" if "output" in case else "skipped"].append(case)
+        report["cases"].append(case)
         tqdm.write(case.pop("line"))
         if case.get("warnings"):
             sys.stdout.flush()  # the case's line first, also when both streams go to one file
@@ -473,10 +478,9 @@ def cmd_segment(args) -> int:
     return 0
 
 
-def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, protected: set,
-                 named: bool) -> dict:
+def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, protected: set) -> dict:
     """Read, segment and write one input; the per-case record of ``--timings``, with the line to print."""
-    from .imageio import label_map_values, read_image, slices_in_its_series, write_image_atomically
+    from .imageio import read_image, slices_in_its_series, write_image_atomically
     from .inference import Timings
 
     timings = Timings()
@@ -491,10 +495,6 @@ def _segment_one(segmenter, path: Path, out_dir: Path, args, targets: dict, prot
                          "give the folder to segment the whole volume")
     for note in notes:
         print(f"dssm: note: {note}", file=sys.stderr)
-    values = None if named else label_map_values(image)
-    if values is not None:  # found in a folder, and only a few integer values: a label map, not an image
-        return {"input": str(path), "reason": "label map", "line": f"skipped {path}: a label map (values "
-                f"{', '.join(map(str, values))}); name it on the command line to segment it anyway"}
     outputs = _outputs_of(path, out_dir, args.overlay, image.GetDimension() == 2, args.uncertainty)
     unplanned = {t: path for t in outputs if targets.get(t) != path}
     if unplanned:  # a picture file type that held a volume (a 3D TIFF)

@@ -108,6 +108,25 @@ def label_map_values(image: sitk.Image) -> Optional[list]:
     return [int(v) for v in values] if len(values) <= LABEL_MAP_MAX_VALUES else None
 
 
+def may_be_label_map(path: Path) -> bool:
+    """Whether an input may be a label map, from what is cheap to read: a file's header (a float or colour image is
+    none), one slice of a DICOM series (one with more than :data:`LABEL_MAP_MAX_VALUES` values is none). True when
+    unsure, e.g. a header that cannot be read (the full read then says why)."""
+    try:
+        with _quiet_native_stderr():
+            if Path(path).is_dir():
+                series = dicom_series(path)
+                return not series or label_map_values(sitk.ReadImage(series[0][0])) is not None
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return True
+    return reader.GetNumberOfComponents() == 1 and reader.GetPixelID() in (
+        sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+        sitk.sitkUInt64, sitk.sitkInt64)
+
+
 def expand_inputs(inputs: Iterable[str]) -> tuple:
     """``(images, skipped)``. Files named on the command line are always inputs; a DICOM series folder is one
     input; another folder gives its image files, less those :func:`skip_reason` names, which come back in
