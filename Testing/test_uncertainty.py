@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 from scipy.stats import mannwhitneyu
 
 from conftest import (ACDC, CXR, MODELS, ROOT, _need, assert_one_error_line, describe, files_under, run_dssm,
@@ -84,6 +85,38 @@ def test_extra_chains_for_the_map_leave_a_several_sample_mask_as_it_was(acdc_p01
     segmenter.uncertainty_samples = 1  # never fewer chains than the mask's
     assert segmenter.run(image, uncertainty=True).uncertainty_chains == 2
     assert segmenter.run(image, steps=0, uncertainty=True).uncertainty_chains == 1  # K = 0: no chain to sample
+
+
+def test_the_uncertainty_pictures_legend_covers_none_of_the_slices(heart_runs, heart_bundle, tmp_path):
+    """The label names and the colour bar stand right of the slices, not in the first one's corners: every slice's
+    pixels are the same whatever the legend says, and the bar's colours are drawn pure only beside them."""
+    from dataclasses import replace
+
+    from DSSMSegmentLib.overlay import GAP, heat_colors, render_uncertainty, write_uncertainty_overlay
+
+    image, _, _, mapped = heart_runs
+    level = unc.threshold(heart_bundle.architecture.num_classes)
+    picture = render_uncertainty(image, mapped.uncertainty, mapped.labels, heart_bundle.labels, level)
+    renamed = [replace(lab, name=f"structure {lab.value}, named at length") for lab in heart_bundle.labels]
+    other = render_uncertainty(image, mapped.uncertainty, mapped.labels, renamed, level)
+    u = sitk.GetArrayFromImage(mapped.uncertainty)
+    assert (u > level).any() and image.GetSpacing()[0] == image.GetSpacing()[1]  # square pixels: no resizing
+    depth, h, w = u.shape
+    panels = min(depth, 6)
+    slices = panels * w + (panels - 1) * GAP  # the slices side by side, from the left edge
+    assert picture.shape[0] >= h and picture.shape[1] > slices + GAP, "no legend beside the slices"
+    assert np.array_equal(picture[:h, :slices], other[:h, :slices]), "the legend is drawn over a slice"
+    assert picture[:, slices:slices + GAP].max() == 0, "a gap between the slices and the legend"
+    legend = picture[:, slices + GAP:]
+    assert not np.array_equal(legend, other[:, slices + GAP:]), "the names are in the legend"
+    for lab in heart_bundle.labels:  # each label's swatch
+        assert (legend == np.array(lab.color, dtype=np.uint8)).all(-1).sum() >= 25, lab.name
+    top = heat_colors(np.array([1.0])).astype(np.uint8)[0]  # the bar's top colour: most unsure
+    ys, xs = np.nonzero((picture == top).all(-1))
+    assert len(xs) >= 6 and xs.min() >= slices + GAP, "the colour bar lies beside the slices"
+    path = write_uncertainty_overlay(image, mapped.uncertainty, mapped.labels, heart_bundle.labels, level,
+                                     tmp_path / "u.png")
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), picture)
 
 
 def test_segment_uncertainty_writes_the_map_its_picture_and_the_uncertain_volumes(tmp_path):

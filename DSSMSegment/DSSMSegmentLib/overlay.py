@@ -20,13 +20,18 @@ def _gray(slice_hw: np.ndarray) -> np.ndarray:
 GAP = 4  # black pixels between two panels of a montage (none around the picture)
 
 
+def _font_size(h: int, w: int) -> int:
+    """The legend's text size for a panel of ``h`` x ``w`` pixels."""
+    return int(np.clip(min(h, w) / 22, 9, 28))
+
+
 def _draw_legend(panel: np.ndarray, label_infos: Sequence, caption: str = "") -> np.ndarray:
-    """Write the label names beside their colours in the panel's top-left corner, and ``caption`` (the slice
-    number) in its bottom-left corner, each on a dark translucent box; the panel keeps its size."""
+    """Write the label names beside their colours in the panel's top-left corner (none: no box), and ``caption``
+    (the slice number) in its bottom-left corner, each on a dark translucent box; the panel keeps its size."""
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = panel.shape[:2]
-    size = int(np.clip(min(h, w) / 22, 9, 28))
+    size = _font_size(h, w)
     font = ImageFont.load_default(size=size)
     picture = Image.fromarray(panel).convert("RGBA")
     layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
@@ -34,7 +39,8 @@ def _draw_legend(panel: np.ndarray, label_infos: Sequence, caption: str = "") ->
     pad, line = max(2, size // 4), size + max(2, size // 4)
     names = [info.name for info in label_infos]
     text_w = max((draw.textlength(n, font=font) for n in names), default=0)
-    draw.rectangle([0, 0, pad * 3 + size + text_w, pad * 2 + line * len(names)], fill=(0, 0, 0, 150))
+    if names:
+        draw.rectangle([0, 0, pad * 3 + size + text_w, pad * 2 + line * len(names)], fill=(0, 0, 0, 150))
     for i, info in enumerate(label_infos):
         top = pad + i * line
         draw.rectangle([pad, top + 1, pad + size - 2, top + size - 1], fill=tuple(info.color) + (255,))
@@ -136,7 +142,8 @@ def render_uncertainty(image: sitk.Image, uncertainty: sitk.Image, labels: sitk.
                        level: float, max_panels: int = 6) -> np.ndarray:
     """RGB uint8 picture of the uncertainty map: the slices with the most voxels above ``level`` (in slice
     order), the map in colour over the grey image wherever it exceeds a tenth of ``level`` (its opacity grows
-    with it), the mask's outlines in the labels' colours, a colour bar and the label names in the first panel."""
+    with it), the mask's outlines in the labels' colours; the label names and a colour bar stand beside the
+    slices, :data:`GAP` pixels to their right, so that they cover none of the image."""
     u = sitk.GetArrayFromImage(uncertainty).astype(np.float32)
     arr, lab, u, inplane = _slices(image, labels, u)
     picks = _pick((u > level).reshape(u.shape[0], -1).sum(1), max_panels)
@@ -150,36 +157,46 @@ def render_uncertainty(image: sitk.Image, uncertainty: sitk.Image, labels: sitk.
         _outline(out, lab[s], colors, 0.0)
         panels.append(out)
 
-    def legend(panel: np.ndarray, first: bool, caption: str) -> np.ndarray:
-        panel = _draw_legend(panel, label_infos if first else [], caption)
-        return _draw_colorbar(panel, level) if first else panel
+    montage = _montage(panels, inplane, lab.shape[0], picks,
+                       lambda panel, first, caption: _draw_legend(panel, [], caption))
+    strip = _legend_strip(label_infos, level, montage.shape[0], _font_size(*panels[0].shape[:2]))
+    h = max(montage.shape[0], strip.shape[0])
+    return np.concatenate([np.pad(montage, ((0, h - montage.shape[0]), (0, 0), (0, 0))),
+                           np.zeros((h, GAP, 3), dtype=np.uint8),
+                           np.pad(strip, ((0, h - strip.shape[0]), (0, 0), (0, 0)))], axis=1)
 
-    return _montage(panels, inplane, lab.shape[0], picks, legend)
 
-
-def _draw_colorbar(panel: np.ndarray, level: float) -> np.ndarray:
-    """A bar of the uncertainty colours, 0 to 1, with the threshold marked, in the panel's top-right corner."""
+def _legend_strip(label_infos: Sequence, level: float, height: int, size: int) -> np.ndarray:
+    """The uncertainty picture's legend, on black, to stand beside the slices: the label names beside their
+    colours, then a bar of the uncertainty colours from 1 (top) to 0 with the threshold ``level`` marked. As tall
+    as the slices (``height``), or taller where the legend needs it; text of ``size`` pixels."""
     from PIL import Image, ImageDraw, ImageFont
 
-    h, w = panel.shape[:2]
-    size = int(np.clip(min(h, w) / 22, 9, 28))
     font = ImageFont.load_default(size=size)
-    bar_w, bar_h, pad = max(6, size // 2), max(40, h // 3), max(2, size // 4)
-    picture = Image.fromarray(panel).convert("RGBA")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, line = max(2, size // 4), size + max(2, size // 4)
+    bar_w, bar_h = max(6, size // 2), max(40, height // 3)
+    names = [info.name for info in label_infos]
+    title = "uncertainty"
+    width = int(np.ceil(pad * 2 + max(max((size + pad + measure.textlength(n, font=font) for n in names), default=0),
+                                      measure.textlength(title, font=font),
+                                      bar_w + pad + measure.textlength("1", font=font))))
+    title_top = pad + line * len(names) + (line if names else 0)  # a blank line between the names and the bar
+    bar_top = title_top + line + size // 2  # room for the "1" beside the bar's top
+    picture = Image.new("RGB", (width, max(height, bar_top + bar_h + size // 2 + pad)), (0, 0, 0))
     draw = ImageDraw.Draw(picture)
-    label = "uncertainty"
-    text_w = draw.textlength(label, font=font)
-    x0 = w - pad - max(bar_w + pad + draw.textlength("1", font=font), text_w)
-    draw.rectangle([x0 - pad, 0, w, bar_h + size * 2 + pad * 4], fill=(0, 0, 0, 150))
-    draw.text((x0, pad), label, fill=(255, 255, 255, 255), font=font)
-    top = pad * 2 + size
+    for i, info in enumerate(label_infos):
+        top = pad + i * line
+        draw.rectangle([pad, top + 1, pad + size - 2, top + size - 1], fill=tuple(info.color))
+        draw.text((pad * 2 + size, top), info.name, fill=(255, 255, 255), font=font)
+    draw.text((pad, title_top), title, fill=(255, 255, 255), font=font)
     ramp = heat_colors(np.linspace(1, 0, bar_h))[:, None, :].repeat(bar_w, 1).astype(np.uint8)
-    picture.paste(Image.fromarray(ramp).convert("RGBA"), (int(x0), top))
-    mark = top + int(round((1 - level) * (bar_h - 1)))
-    draw.line([x0 - pad // 2, mark, x0 + bar_w + pad // 2, mark], fill=(255, 255, 255, 255), width=max(1, size // 8))
-    draw.text((x0 + bar_w + pad, top - size // 2), "1", fill=(255, 255, 255, 255), font=font)
-    draw.text((x0 + bar_w + pad, top + bar_h - size // 2), "0", fill=(255, 255, 255, 255), font=font)
-    return np.asarray(picture.convert("RGB"))
+    picture.paste(Image.fromarray(ramp), (pad, bar_top))
+    mark = bar_top + int(round((1 - level) * (bar_h - 1)))
+    draw.line([pad // 2, mark, pad + bar_w + pad // 2, mark], fill=(255, 255, 255), width=max(1, size // 8))
+    draw.text((pad * 2 + bar_w, bar_top - size // 2), "1", fill=(255, 255, 255), font=font)
+    draw.text((pad * 2 + bar_w, bar_top + bar_h - size // 2), "0", fill=(255, 255, 255), font=font)
+    return np.asarray(picture)
 
 
 def write_overlay(image: sitk.Image, labels: sitk.Image, label_infos: Sequence, path: Path) -> Path:
