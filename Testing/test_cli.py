@@ -137,7 +137,8 @@ def test_dssm_models_lists_the_bundled_models_with_labels(tmp_path) -> None:
     heart = json.loads((MODELS / "heart-cine-mri" / "model.json").read_text(encoding="utf-8"))
     lines = text.splitlines()
     first = lines.index(next(ln for ln in lines if ln.startswith("heart-cine-mri  [")))
-    for offset, (option, key) in enumerate([("--samples 4", "val@K=4+samples=4"), ("--tta", "val@K=4+tta")], 3):
+    assert lines[first + 2].strip().startswith(f"default K = {heart['default_steps']}: ")  # and why (test_campaign)
+    for offset, (option, key) in enumerate([("--samples 4", "val@K=4+samples=4"), ("--tta", "val@K=4+tta")], 4):
         lv = heart["metrics"]["evaluations"][key]["summary"]["left ventricle cavity"]["dice"]["mean"]
         line = lines[first + offset]
         assert line.strip().startswith("with ") and f"({option}):" in line, line

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -500,3 +501,19 @@ def test_an_unfamiliar_image_comes_back_with_its_warnings(tmp_path, logic):
     assert empty.startswith("chest X-ray: ") and "came out empty" in empty and MODEL in empty
     html = Logic.resultHtml("Done.", findings)
     assert html.count(Logic.WARNING_STYLE) == 2 and "does not look like" in html
+
+
+def test_the_panels_model_text_gives_the_default_k_and_why() -> None:
+    """The panel says which K runs by default and why, as ``dssm models`` does, from the same bundle record."""
+    from html import unescape
+
+    from DSSMSegmentLib.bundle import available_models
+    from DSSMSegmentSlicerLib.Logic import modelDescription
+
+    for bundle in available_models():
+        text = unescape(re.sub(r"<[^>]+>", "", modelDescription(bundle).replace("<br>", "\n")))
+        line = [ln for ln in text.splitlines() if ln.startswith("Default K = ")]
+        if bundle.architecture.kind == "dssm":
+            assert line == [f"Default K = {bundle.default_steps}: {bundle.default_steps_reason()}."], text
+        else:
+            assert not line, text

@@ -22,6 +22,7 @@ import csv
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -30,11 +31,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QUEUE = ROOT / "scripts" / "campaign_queue.txt"
-RUNS = ROOT / "runs" / "campaign"
+# the environment can point the campaign at another queue and runs folder (the tests do)
+QUEUE = Path(os.environ.get("DSSM_CAMPAIGN_QUEUE", ROOT / "scripts" / "campaign_queue.txt"))
+RUNS = Path(os.environ.get("DSSM_CAMPAIGN_RUNS", ROOT / "runs" / "campaign"))
 PID = RUNS / "worker.pid"
 LOG = RUNS / "worker.log"
-DSSM = [str(ROOT / ".venv" / "bin" / "dssm")]
+DSSM = shlex.split(os.environ.get("DSSM", str(ROOT / ".venv" / "bin" / "dssm")))
 
 
 def read_queue() -> list:
@@ -48,7 +50,7 @@ def read_queue() -> list:
         name, evaluate, steps, args = parts
         entries.append({"name": name, "evaluate": [d for d in evaluate.split(",") if d],
                         "steps": [int(k) for k in steps.split(",") if k],
-                        "args": shlex.split(args.replace("{runs}", str(RUNS.relative_to(ROOT))))})
+                        "args": shlex.split(args.replace("{runs}", str(RUNS)))})
     return entries
 
 
@@ -119,9 +121,9 @@ def _running_pid():
     try:
         pid = int(PID.read_text())
         os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if _state(pid) not in ("Z", "X", "?") else None  # an ended worker not yet reaped is not running
 
 
 def start() -> None:
@@ -134,16 +136,22 @@ def start() -> None:
         proc = subprocess.Popen([sys.executable, __file__, "work"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     PID.write_text(f"{proc.pid}\n")
-    print(f"campaign started (worker {proc.pid}, 2 threads); log: {LOG.relative_to(ROOT)}")
+    print(f"campaign started (worker {proc.pid}, 2 threads); log: {LOG}")
 
 
-def signal_group(sig, verb: str) -> None:
+def signal_group(sig, verb: str) -> int:
+    """Signal the worker and the dssm process it runs (one session, one process group). Exit status 1 when there
+    was nothing to do: not running, or already paused (so that scripts/test.sh resumes only what it paused)."""
     pid = _running_pid()
     if not pid:
         print("the campaign is not running")
-        return
-    os.killpg(pid, sig)  # the worker and the dssm process it runs: one session, one group
+        return 1
+    if sig == signal.SIGSTOP and _state(pid) == "T":
+        print(f"the campaign is already paused (worker {pid})")
+        return 1
+    os.killpg(pid, sig)
     print(f"campaign {verb} (worker {pid})")
+    return 0
 
 
 def _state(pid: int) -> str:
@@ -165,7 +173,7 @@ def status() -> str:
         budget = int(_option(args, "--iterations", 0))
         batch = int(_option(args, "--batch-size", 32))
         log = list(csv.DictReader(open(run / "log.csv"))) if (run / "log.csv").exists() else []
-        iteration = int(log[-1]["iteration"]) if log else 0
+        iteration = max(int(log[-1]["iteration"]) if log else 0, _live_iteration(run))
         hours = float(log[-1]["train_minutes"]) / 60 if log else 0.0
         ckpt_note = ""
         if (run / "checkpoint.pt").exists() and bundle_of(run) is None:
@@ -188,6 +196,18 @@ def status() -> str:
     return header + "\n\n" + "\n".join(rows)
 
 
+def _live_iteration(run: Path) -> int:
+    """The iteration a run's progress line last reported (``it=N`` in train.log), 0 if none."""
+    try:
+        with open(run / "train.log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return 0
+    found = re.findall(r"\bit=(\d+)", tail)
+    return int(found[-1]) if found else 0
+
+
 def _mean_dice(report: dict) -> float:
     """Mean over the structures of the per-case mean Dice (``dssm evaluate``'s metrics.json)."""
     values = [metrics["dice"]["mean"] for metrics in report["summary"].values()]
@@ -203,11 +223,16 @@ if __name__ == "__main__":
     elif command == "status":
         print(status())
     elif command == "pause":
-        signal_group(signal.SIGSTOP, "paused")
+        sys.exit(signal_group(signal.SIGSTOP, "paused"))
     elif command == "resume":
-        signal_group(signal.SIGCONT, "resumed")
+        sys.exit(signal_group(signal.SIGCONT, "resumed"))
     elif command == "stop":
-        signal_group(signal.SIGCONT, "resumed")  # a stopped process only acts on SIGTERM once it runs again
-        signal_group(signal.SIGTERM, "stopped")
+        pid = _running_pid()
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGCONT)  # a paused process acts on the SIGTERM once it runs again
+            print(f"campaign stopped (worker {pid}); its runs resume from their checkpoints at the next start")
+        else:
+            print("the campaign is not running")
     else:
         sys.exit(f"unknown command {command!r}: start, status, pause, resume or stop")

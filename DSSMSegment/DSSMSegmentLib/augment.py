@@ -113,7 +113,9 @@ def intensity(images: torch.Tensor, cfg: AugmentConfig, generator: Optional[torc
         pick = torch.rand(b, device=dev, generator=generator) < cfg.low_res
         if pick.any():
             factor = float(_uniform(1, *cfg.low_res_factor, dev, generator))
-            factors = (factor, float(_uniform(1, 1.0, factor, dev, generator))) if cfg.low_res_aniso else (factor, factor)
+            # anisotropic: the other direction 1.3-2x finer (as phase encoding against readout), at most native
+            factors = ((factor, max(1.0, factor / float(_uniform(1, 1.3, 2.0, dev, generator))))
+                       if cfg.low_res_aniso else (factor, factor))
             if cfg.low_res_aniso and float(torch.rand(1, device=dev, generator=generator)) < 0.5:
                 factors = factors[::-1]
             small_hw = (max(8, round(h / factors[0])), max(8, round(w / factors[1])))

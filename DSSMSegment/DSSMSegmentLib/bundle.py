@@ -15,9 +15,10 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .errors import DSSMError
 from .plan import ArchitectureConfig, Preprocessing
@@ -145,6 +146,35 @@ class ModelBundle:
             return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()}
         return dict(metrics.get("dice", {})) if not tta and samples == 1 else {}
 
+    def steps_dice(self) -> Dict[int, float]:
+        """Mean validation Dice (over the structures) at each Markov step count K that ``dssm evaluate
+        --update-bundle`` recorded without other options, e.g. ``{0: 0.901, 4: 0.900}``."""
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        measured = {}
+        for key, entry in (metrics.get("evaluations") or {}).items():
+            match = re.fullmatch(r"val@K=(\d+)", key)
+            if match and entry.get("summary"):
+                values = [stats["dice"]["mean"] for stats in entry["summary"].values()]
+                measured[int(match.group(1))] = sum(values) / len(values)
+        return dict(sorted(measured.items()))
+
+    def default_steps_reason(self) -> str:
+        """Why the model runs at its default K, in words, with the validation Dice of each K measured."""
+        if self.architecture.kind != "dssm":
+            return "a discriminative baseline has no Markov chain"
+        measured = self.steps_dice()
+        listing = ", ".join(f"K = {k} {v:.3f}" for k, v in measured.items())
+        choice = self.meta.get("default_steps_choice")
+        if isinstance(choice, dict) and choice.get("rule") and len(measured) > 1:
+            return f"{choice['rule']}; mean validation Dice {listing}"
+        if len(measured) < 2:
+            return "set at training; no validation Dice recorded at another K"
+        best = max(measured, key=measured.get)
+        if measured.get(self.default_steps) == measured[best]:
+            return f"the most accurate K measured; mean validation Dice {listing}"
+        return (f"set at training, not chosen on validation cases (K = {best} scored higher); "
+                f"mean validation Dice {listing}")
+
     # the other settings whose validation Dice is shown beside the default's: command-line option, in words
     OTHER_SETTINGS = (("--samples 4", "4 Markov samples", dict(samples=4)),
                       ("--tta", "test-time augmentation", dict(tta=True)))
@@ -227,6 +257,7 @@ class ModelBundle:
             "modality": self.modality,
             "labels": {lab.value: lab.name for lab in self.labels},
             "default_steps": self.default_steps,
+            "default_steps_reason": self.default_steps_reason(),
             "metrics": self.metrics,
         }
 

@@ -223,10 +223,23 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--samples", type=_count(1), default=1, help="Markov chains per slice, as for segment")
     p.add_argument("--no-postprocess", action="store_true", help="keep every connected component")
     p.add_argument("--update-bundle", action="store_true", help="record the summary in the bundle's model.json")
+    p.add_argument("--choose-steps", type=_steps_list, default=None, metavar="K,K,...",
+                   help="evaluate at each of these K, record each in model.json, and make the most accurate the "
+                        "model's default (a larger K only where it adds more than 0.002 mean Dice)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also measure each uncertainty map: voxel AUROC for finding wrong voxels, per-case Spearman "
                         "correlation with 1 - Dice (docs/uncertainty.md)")
     _add_uncertainty_chains(p)
+
+
+def _steps_list(text: str) -> List[int]:
+    try:
+        steps = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Markov step counts such as 0,1,4, not {text!r}") from None
+    if not steps or steps[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected Markov step counts of 0 or more, not {text!r}")
+    return steps
 
 
 def _add_uncertainty_chains(p) -> None:
@@ -646,6 +659,8 @@ def cmd_models(args) -> int:
         labels = ", ".join(f"{lab.value} {lab.name}" for lab in m.labels)
         print(f"{m.name}  [{m.modality}; {m.architecture.kind}; K={m.default_steps}]  {m.path}")
         print(f"    labels: {labels}")
+        if m.architecture.kind == "dssm":
+            print(f"    default K = {m.default_steps}: {m.default_steps_reason()}")
         for what, dice in m.dice_rows():
             print(f"    {what}" + (": " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) if dice else ""))
     return 0

@@ -107,6 +107,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     cases = select_cases(find_cases(data), bundle, split)
     if limit:
         cases = cases[:limit]
+    training_cases = set(bundle.meta.get("training", {}).get("split", {}).get("train", []))
+    trained_on = [c for c in cases if case_key(c) in training_cases]
     unit = hd95_unit(cases)
     if output is not None:
         check_output(Path(output), cases, data, overwrite)
@@ -145,6 +147,7 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
         "model": bundle.name, "kind": bundle.architecture.kind, "data": data, "split": split, "steps": k,
         "tta": bool(tta), "postprocess": bool(postprocess), "seed": int(seed), "samples": samples,
         "device": str(segmenter.device), "n_cases": len(per_case), "hd95_unit": unit,
+        "n_trained_on": len(trained_on) if training_cases else None,  # None: the bundle records no split
         "seconds_per_case": {"mean": float(np.mean(list(seconds.values()))),
                              "median": float(np.median(list(seconds.values())))},
         "summary": summarize(per_case, unit),
@@ -195,12 +198,16 @@ def record_in_bundle(bundle_name: str, report: dict) -> None:
                    f"--steps {report['steps']}{options}",
     }
     if report["steps"] == bundle.default_steps and report["split"] == "val" and not options:
-        metrics["dice"] = {s: round(v["dice"]["mean"], 4) for s, v in report["summary"].items()}
-        unit = report.get("hd95_unit", "mm")
-        hd95 = hd95_key(unit)
-        metrics[hd95] = {s: round(v[hd95]["mean"], 2) for s, v in report["summary"].items()}
-        metrics.pop(hd95_key("mm" if unit == "px" else "px"), None)  # an earlier summary's, in the other unit
+        _set_headline_metrics(metrics, report["summary"], report.get("hd95_unit", "mm"))
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _set_headline_metrics(metrics: dict, summary: dict, unit: str) -> None:
+    """``model.json``'s headline ``metrics.dice`` and HD95 (the default K's validation means), from ``summary``."""
+    metrics["dice"] = {s: round(v["dice"]["mean"], 4) for s, v in summary.items()}
+    hd95 = hd95_key(unit)
+    metrics[hd95] = {s: round(v[hd95]["mean"], 2) for s, v in summary.items()}
+    metrics.pop(hd95_key("mm" if unit == "px" else "px"), None)  # an earlier summary's, in the other unit
 
 
 def record_cross_validation(bundle_name: str, metrics_files: List[Path], method: str, command: str) -> dict:
@@ -227,7 +234,43 @@ def record_cross_validation(bundle_name: str, metrics_files: List[Path], method:
     return summary
 
 
+# A K > 0 becomes the default only if its mean validation Dice is more than this above every smaller K's: the chain
+# must earn its steps (each costs time), and differences below it are within the noise of the chain's seed.
+STEPS_MARGIN = 0.002
+
+
+def choose_default_steps(bundle_name: str, margin: float = STEPS_MARGIN) -> int:
+    """Set the bundle's default K to the most accurate K recorded on its validation cases (:meth:`ModelBundle.steps_dice`):
+    the fewest steps whose mean Dice no larger K beats by more than ``margin``. Records the rule in ``model.json``
+    (``default_steps_choice``, which ``dssm models`` and the Slicer panel show) and the chosen K's Dice as the
+    model's headline metrics. Returns the chosen K."""
+    bundle = resolve_model(bundle_name)
+    measured = bundle.steps_dice()
+    if not measured:
+        raise DSSMError(f"model '{bundle.name}' has no validation evaluation recorded; run dssm evaluate with "
+                        "--update-bundle at each K first")
+    chosen = min(measured)
+    for k in sorted(measured):
+        if measured[k] > measured[chosen] + margin:
+            chosen = k
+    meta_path = bundle.path / META_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["default_steps"] = chosen
+    grid = ", ".join(str(k) for k in measured)
+    meta["default_steps_choice"] = {
+        "rule": f"the most accurate of K = {grid} on the validation cases (a larger K only where it adds more than "
+                f"{margin:g} mean Dice)",
+        "mean_dice": {str(k): round(v, 4) for k, v in measured.items()}, "margin": margin,
+    }
+    summary = meta["metrics"]["evaluations"][evaluation_key("val", chosen)]["summary"]
+    _set_headline_metrics(meta["metrics"], summary, "px" if "hd95_px" in next(iter(summary.values())) else "mm")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return chosen
+
+
 def evaluate_command(args) -> int:
+    if getattr(args, "choose_steps", None):
+        return _choose_steps_command(args)
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
                       Path(args.output) if args.output else None, args.limit, tta=args.tta,
                       postprocess=not args.no_postprocess, seed=args.seed, samples=args.samples,
@@ -238,9 +281,12 @@ def evaluate_command(args) -> int:
           f"{report['n_cases']} {report['split']} "
           f"cases of {report['data']}, {report['seconds_per_case']['mean']:.2f} s/case on {report['device']}\n")
     print(markdown_table(report["summary"]))
-    if report["split"] != "val":
-        print(f"\nnote: {report['split']} cases include cases {report['model']} was trained on; their Dice says little "
-              "about new images")
+    if report["split"] != "val" and report.get("n_trained_on") != 0:
+        trained = "" if report.get("n_trained_on") is None else f" ({report['n_trained_on']} of {report['n_cases']})"
+        print(f"\nnote: {report['split']} cases include cases {report['model']} was trained on{trained}; their Dice says "
+              "little about new images")
+    elif report["split"] != "val":
+        print(f"\nnote: none of the {report['n_cases']} case(s) is in {report['model']}'s training split")
     for name, summary in report["by_dataset"].items():
         print(f"\n{name}:\n")
         print(markdown_table(summary))
@@ -265,3 +311,24 @@ def uncertainty_table(report: dict) -> str:
         rows.append(f"| {measure.replace('_', ' ')}{mark} | {m['auroc']:.3f} | {m['auroc_near']:.3f} | "
                     f"{m['spearman']:.3f} | {m['wrong_voxels']} of {m['voxels']} |")
     return "\n".join(rows)
+
+
+def _choose_steps_command(args) -> int:
+    """``dssm evaluate DATA --model M --choose-steps 0,1,4``: evaluate at each K, record each in the bundle, and make
+    the most accurate the default (:func:`choose_default_steps`)."""
+    import copy
+
+    for k in args.choose_steps:
+        one = copy.copy(args)
+        one.choose_steps, one.steps, one.update_bundle = None, k, True
+        if args.output:
+            one.output = str(Path(args.output) / f"K{k}")
+        evaluate_command(one)
+    chosen = choose_default_steps(args.model)
+    bundle = resolve_model(args.model)
+    print(f"\ndefault K of {bundle.name}: {chosen} ({bundle.default_steps_reason()})")
+    calibrated = bundle.meta.get("familiarity", {}).get("steps")
+    if calibrated is not None and calibrated != chosen:
+        print(f"note: its familiarity levels were calibrated at K = {calibrated}; run dssm calibrate --model "
+              f"{bundle.name} --update-bundle again")
+    return 0

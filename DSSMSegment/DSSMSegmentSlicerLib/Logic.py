@@ -77,6 +77,8 @@ def modelDescription(bundle: "ModelBundle") -> str:
     swatches = [f'<span style="color:#{r:02x}{g:02x}{b:02x}">&#9632;</span>&nbsp;{escape(label.name)}'
                 for label in bundle.labels for r, g, b in [label.color]]
     lines.append("Labels: " + ", ".join(swatches))
+    if bundle.architecture.kind == "dssm":
+        lines.append(escape(f"Default K = {bundle.default_steps}: {bundle.default_steps_reason()}."))
     for what, dice in bundle.dice_rows():
         lines.append(escape(what[:1].upper() + what[1:]) + (": " + ", ".join(
             f"{escape(name)} {value:.3f}" for name, value in dice.items()) if dice else "."))
