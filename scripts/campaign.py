@@ -108,7 +108,9 @@ def work() -> None:
                 if (target / "metrics.json").exists():
                     continue
                 _log(f"{entry['name']}: evaluating on {data}" + (f" at K = {k}" if k is not None else ""))
-                command = DSSM + ["evaluate", data, "--model", str(bundle), "-o", str(target), "--device", "cpu"]
+                # --overwrite: an evaluation stopped before its metrics.json leaves masks behind in its own folder
+                command = DSSM + ["evaluate", data, "--model", str(bundle), "-o", str(target), "--device", "cpu",
+                                  "--overwrite"]
                 if k is not None:
                     command += ["--steps", str(k)]
                 with open(run / "evaluate.log", "a") as out:
