@@ -31,7 +31,7 @@ if [ "${1:-}" = caches ]; then
   build() { [ -z "${REBUILD:-}" ] && [ -f "cache/gpu-$1/$2.npz" ] && return
             $DSSM cache --recipe "$2" --encoding "$3" --out "cache/gpu-$1/$2.npz" || exit 1; }
   build call1 skin-lesion-dermoscopy webp:70; build call1 lungs-cxr webp; build call1 prostate-t2-mri webp
-  build call2 heart-cine-mri webp; build call2 left-atrium-lge-mri webp
+  build call2 heart-cine-mri webp:70; build call2 left-atrium-lge-mri webp
   # what travels in a call: tracked and untracked-not-ignored files, plus the carried half (at most 64 MiB)
   tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 stat -c %s | awk '{s+=$1} END {print s}')
   status=0
