@@ -8,12 +8,14 @@
 
 The queue is ``scripts/campaign_queue.txt``: one run a line, ``NAME | EVALUATE | STEPS | dssm train ARGS``, in
 the order they are trained. Each run trains in ``runs/campaign/NAME`` with ``--device cpu`` (its budget is in
-iterations; it checkpoints every few minutes and resumes bit for bit), then is scored with ``dssm evaluate`` on
-each dataset of EVALUATE (its validation cases there) at each Markov step count of STEPS, into
-``runs/campaign/NAME/eval-DATA-kK/``. ``{runs}`` in ARGS is ``runs/campaign``, so that a run can start from an
-earlier one's bundle (a two-stage DSSM's frozen baseline). A finished run is skipped; the worker reads the queue
-again before each run, so lines can be added or changed while it runs (a run already started keeps its
-arguments: they are recorded in its folder). One worker at a time (``runs/campaign/worker.pid``).
+iterations; it checkpoints every few minutes and resumes bit for bit), then is scored with ``dssm evaluate
+EVALUATE`` (a dataset spec such as ``acdc+mnms1``: its validation cases there) into ``runs/campaign/NAME/eval/``:
+at the model's default K when STEPS is empty, else with ``--choose-steps STEPS``, which scores each K (into
+``eval/K<k>/``) and makes the most accurate the bundle's default. ``{runs}`` in ARGS is ``runs/campaign``, so that a
+run can start from an earlier one's bundle (a two-stage DSSM's frozen baseline). A finished run is skipped; the
+worker reads the queue again before each run, so lines can be added or changed while it runs (a run already
+started keeps its arguments, recorded in ``args.json``). A run that failed is tried again at the next start (its
+``failed`` file says why). One worker at a time (``runs/campaign/worker.pid``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -31,30 +34,42 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DSSMSegment"))
+
+from DSSMSegmentLib.metrics import mean_dice  # noqa: E402  (plain numpy: no PyTorch in the status command)
+
 # the environment can point the campaign at another queue and runs folder (the tests do)
 QUEUE = Path(os.environ.get("DSSM_CAMPAIGN_QUEUE", ROOT / "scripts" / "campaign_queue.txt"))
 RUNS = Path(os.environ.get("DSSM_CAMPAIGN_RUNS", ROOT / "runs" / "campaign"))
 PID = RUNS / "worker.pid"
+CURRENT = RUNS / "current"  # the name of the run the worker is busy with
 LOG = RUNS / "worker.log"
 DSSM = shlex.split(os.environ.get("DSSM", str(ROOT / ".venv" / "bin" / "dssm")))
 
 
-def read_queue() -> list:
+def read_queue(path: Path = None) -> list:
+    """The queue's runs: name, the dataset spec to evaluate on, the K's to choose from, the ``dssm train`` ARGS
+    (``{runs}`` still in them)."""
+    path = path or QUEUE
     entries = []
-    for number, line in enumerate(QUEUE.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = [p.strip() for p in line.split("|")]
-        if len(parts) != 4:
-            sys.exit(f"{QUEUE}:{number}: expected NAME | EVALUATE | STEPS | ARGS, got {line!r}")
+        if len(parts) != 4 or not parts[0] or not parts[3]:
+            sys.exit(f"{path}:{number}: expected NAME | EVALUATE | STEPS | ARGS, got {line!r}")
         name, evaluate, steps, args = parts
-        entries.append({"name": name, "evaluate": [d for d in evaluate.split(",") if d],
-                        "steps": [int(k) for k in steps.split(",") if k],
-                        "args": shlex.split(args.replace("{runs}", str(RUNS)))})
+        entries.append({"name": name, "evaluate": evaluate, "steps": [int(k) for k in steps.split(",") if k],
+                        "args": shlex.split(args)})
     return entries
 
 
-def _option(args: list, name: str, default=None):
+def train_args(args: list) -> list:
+    """ARGS as ``dssm train`` gets them: ``{runs}`` made the runs folder."""
+    return [a.replace("{runs}", str(RUNS)) for a in args]
+
+
+def option(args: list, name: str, default=None):
     return args[args.index(name) + 1] if name in args else default
 
 
@@ -63,73 +78,107 @@ def bundle_of(run: Path):
     return Path(found[0]).parent if found else None
 
 
+def eval_reports(run: Path, entry: dict) -> dict:
+    """``{K or None: the metrics.json report}`` of the run's evaluations written so far (None: the default K)."""
+    folders = {k: run / "eval" / f"K{k}" for k in entry["steps"]} if entry["steps"] else {None: run / "eval"}
+    reports = {}
+    for k, folder in folders.items():
+        try:
+            reports[k] = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            pass
+    return reports
+
+
 def _log(message: str) -> None:
     print(time.strftime("%Y-%m-%d %H:%M:%S"), message, flush=True)
 
 
+def _run_logged(command: list, log: Path, env: dict) -> int:
+    with open(log, "a") as out:
+        return subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 def work() -> None:
-    """The worker: every unfinished run of the queue in turn, then its evaluations."""
+    """The worker: every unfinished run of the queue in turn, then its evaluation."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
-    done_names = set()
+    handled = set()  # the runs finished or failed in this worker's life
     while True:
-        todo = [e for e in read_queue() if e["name"] not in done_names]
+        todo = [e for e in read_queue() if e["name"] not in handled]
         if not todo:
+            CURRENT.unlink(missing_ok=True)
             _log("the queue is done")
             return
         entry = todo[0]
         run = RUNS / entry["name"]
         run.mkdir(parents=True, exist_ok=True)
+        CURRENT.write_text(entry["name"] + "\n")
         args_file = run / "args.json"
         if args_file.exists():  # a run keeps the arguments it started with
             entry["args"] = json.loads(args_file.read_text())
         else:
             args_file.write_text(json.dumps(entry["args"]) + "\n")
-        if (run / "failed").exists():
-            _log(f"{entry['name']}: failed earlier (see {run / 'failed'}); skipped")
-            done_names.add(entry["name"])
-            continue
+        (run / "failed").unlink(missing_ok=True)  # failed at an earlier start: tried again
         if bundle_of(run) is None:
             _log(f"{entry['name']}: training")
-            with open(run / "train.log", "a") as out:
-                code = subprocess.call(DSSM + ["train", *entry["args"], "--device", "cpu", "--out", str(run)],
-                                       cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+            code = _run_logged(DSSM + ["train", *train_args(entry["args"]), "--device", "cpu", "--out", str(run)],
+                               run / "train.log", env)
             if code != 0 or bundle_of(run) is None:
                 if code < 0 or code in (130, 137, 143):  # stopped by a signal: resumed at the next start
                     _log(f"{entry['name']}: stopped (exit {code})")
                     return
+                if not (run / "checkpoint.pt").exists():
+                    args_file.unlink(missing_ok=True)  # nothing trained yet: the next try takes the queue's line
                 (run / "failed").write_text(f"dssm train exited {code}; see train.log\n")
-                _log(f"{entry['name']}: failed (exit {code})")
-                done_names.add(entry["name"])
+                _log(f"{entry['name']}: failed (exit {code}); tried again at the next start")
+                handled.add(entry["name"])
                 continue
-        bundle = bundle_of(run)
-        for data in entry["evaluate"]:
-            for k in entry["steps"] or [None]:
-                target = run / (f"eval-{data}" + (f"-k{k}" if k is not None else ""))
-                if (target / "metrics.json").exists():
-                    continue
-                _log(f"{entry['name']}: evaluating on {data}" + (f" at K = {k}" if k is not None else ""))
-                # --overwrite: an evaluation stopped before its metrics.json leaves masks behind in its own folder
-                command = DSSM + ["evaluate", data, "--model", str(bundle), "-o", str(target), "--device", "cpu",
-                                  "--overwrite"]
-                if k is not None:
-                    command += ["--steps", str(k)]
-                with open(run / "evaluate.log", "a") as out:
-                    subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if len(eval_reports(run, entry)) < max(1, len(entry["steps"])) and entry["evaluate"]:
+            _log(f"{entry['name']}: evaluating on {entry['evaluate']}")
+            # --overwrite: an evaluation stopped before its metrics.json leaves masks behind in its own folder
+            command = DSSM + ["evaluate", entry["evaluate"], "--model", str(bundle_of(run)), "-o", str(run / "eval"),
+                              "--device", "cpu", "--overwrite"]
+            if entry["steps"]:
+                command += ["--choose-steps", ",".join(str(k) for k in entry["steps"]), "--update-bundle"]
+            code = _run_logged(command, run / "evaluate.log", env)
+            if code != 0:
+                if code < 0 or code in (130, 137, 143):
+                    _log(f"{entry['name']}: evaluation stopped (exit {code})")
+                    return
+                (run / "failed").write_text(f"dssm evaluate exited {code}; see evaluate.log\n")
+                _log(f"{entry['name']}: evaluation failed (exit {code}); tried again at the next start")
+                handled.add(entry["name"])
+                continue
         _log(f"{entry['name']}: done")
-        done_names.add(entry["name"])
+        handled.add(entry["name"])
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _running_pid():
+    """The worker's pid, if the process that ``worker.pid`` names is alive and is this campaign's worker (a pid
+    file left by a lost session may name another process by now)."""
     try:
         pid = int(PID.read_text())
-        os.kill(pid, 0)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if _state(pid) not in ("Z", "X", "?") else None  # an ended worker not yet reaped is not running
+    if _state(pid) in ("Z", "X", "?") or b"work" not in command or not any(c.endswith(b"campaign.py") for c in command):
+        return None
+    return pid
 
 
 def start() -> None:
     pid = _running_pid()
+    if pid and _state(pid) == "T":
+        os.killpg(pid, signal.SIGCONT)
+        print(f"the campaign was paused (worker {pid}): resumed")
+        return
     if pid:
         print(f"the campaign is already running (worker {pid}); bash scripts/campaign.sh status")
         return
@@ -156,46 +205,14 @@ def signal_group(sig, verb: str) -> int:
     return 0
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
-    except OSError:
-        return "?"
-
-
-def status() -> str:
+def stop() -> None:
     pid = _running_pid()
-    header = (f"campaign: {'running' if pid and _state(pid) != 'T' else 'paused' if pid else 'not running'}"
-              + (f" (worker {pid})" if pid else ""))
-    rows = ["| run | state | iteration / budget | samples | hours (CPU, 2 threads) | validation mean Dice (last, best) "
-            "| evaluated (mean Dice over the structures) |", "|---|---|---|---|---|---|---|"]
-    for entry in read_queue():
-        run = RUNS / entry["name"]
-        args = json.loads((run / "args.json").read_text()) if (run / "args.json").exists() else entry["args"]
-        budget = int(_option(args, "--iterations", 0))
-        batch = int(_option(args, "--batch-size", 32))
-        log = list(csv.DictReader(open(run / "log.csv"))) if (run / "log.csv").exists() else []
-        iteration = max(int(log[-1]["iteration"]) if log else 0, _live_iteration(run))
-        hours = float(log[-1]["train_minutes"]) / 60 if log else 0.0
-        ckpt_note = ""
-        if (run / "checkpoint.pt").exists() and bundle_of(run) is None:
-            ckpt_note = f" (checkpoint {time.strftime('%m-%d %H:%M', time.localtime((run / 'checkpoint.pt').stat().st_mtime))})"
-        dice = [float(r["val_mean_dice"]) for r in log]
-        state = ("failed" if (run / "failed").exists() else "trained" if bundle_of(run) else
-                 "training" if (run / "checkpoint.pt").exists() or log else "queued")
-        evaluated = []
-        for data in entry["evaluate"]:
-            for k in entry["steps"] or [None]:
-                target = run / (f"eval-{data}" + (f"-k{k}" if k is not None else ""))
-                if (target / "metrics.json").exists():
-                    summary = json.loads((target / "metrics.json").read_text())
-                    evaluated.append(f"{data}{'' if k is None else f' K={k}'}: {_mean_dice(summary):.3f}")
-        if state == "trained" and len(evaluated) == len(entry["evaluate"]) * max(1, len(entry["steps"])):
-            state = "done"
-        rows.append(f"| {entry['name']} | {state} | {iteration} / {budget}{ckpt_note} | {iteration * batch} "
-                    f"| {hours:.2f} | {(f'{dice[-1]:.3f}, {max(dice):.3f}' if dice else '-')} "
-                    f"| {'; '.join(evaluated) or '-'} |")
-    return header + "\n\n" + "\n".join(rows)
+    if not pid:
+        print("the campaign is not running")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    os.killpg(pid, signal.SIGCONT)  # a paused process acts on the SIGTERM once it runs again
+    print(f"campaign stopped (worker {pid}); its runs resume from their checkpoints at the next start")
 
 
 def _live_iteration(run: Path) -> int:
@@ -210,10 +227,67 @@ def _live_iteration(run: Path) -> int:
     return int(found[-1]) if found else 0
 
 
-def _mean_dice(report: dict) -> float:
-    """Mean over the structures of the per-case mean Dice (``dssm evaluate``'s metrics.json)."""
-    values = [metrics["dice"]["mean"] for metrics in report["summary"].values()]
-    return sum(values) / len(values) if values else float("nan")
+def _read_log(run: Path) -> list:
+    """``log.csv``'s complete rows (a row being written is left out)."""
+    try:
+        rows = list(csv.DictReader(open(run / "log.csv", newline="")))
+    except OSError:
+        return []
+    good = []
+    for row in rows:
+        try:
+            good.append((int(row["iteration"]), float(row["train_minutes"]), float(row["val_mean_dice"])))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return good
+
+
+def _dice_text(report: dict) -> str:
+    """Mean Dice over the structures, per dataset when the report has several."""
+    parts = report.get("by_dataset") or {}
+    if len(parts) > 1:
+        return ", ".join(f"{name} {mean_dice(summary):.3f}" for name, summary in parts.items())
+    return f"{mean_dice(report['summary']):.3f}"
+
+
+def status() -> str:
+    pid = _running_pid()
+    running = bool(pid) and _state(pid) != "T"
+    current = CURRENT.read_text().strip() if pid and CURRENT.exists() else None
+    header = f"campaign: {'running' if running else 'paused' if pid else 'not running'}" + (
+        f" (worker {pid}, on {current})" if pid and current else "")
+    rows = ["| run | state | iteration / budget | samples | hours of training at the last validation (CPU, 2 threads) | validation mean Dice "
+            "while training (last, best) | evaluated: mean Dice over the structures |", "|---|---|---|---|---|---|---|"]
+    for entry in read_queue():
+        run = RUNS / entry["name"]
+        try:
+            args = json.loads((run / "args.json").read_text())
+        except (OSError, ValueError):
+            args = entry["args"]
+        budget = int(option(args, "--iterations", 0))
+        batch = int(option(args, "--batch-size", 32))
+        log = _read_log(run)
+        iteration, minutes = (log[-1][0], log[-1][1]) if log else (0, 0.0)
+        if entry["name"] == current:  # training now: its progress line is ahead of the last validation
+            iteration = max(iteration, _live_iteration(run))
+        dice = [d for _, _, d in log if math.isfinite(d)]
+        reports = eval_reports(run, entry)
+        wanted = max(1, len(entry["steps"])) if entry["evaluate"] else 0
+        if (run / "failed").exists():
+            state = "failed: " + (run / "failed").read_text().strip()
+        elif bundle_of(run) is None:
+            state = ("training" if entry["name"] == current else
+                     "stopped, resumes from its checkpoint" if (run / "checkpoint.pt").exists() else "queued")
+        else:
+            state = "done" if len(reports) >= wanted else "evaluating" if entry["name"] == current else "trained"
+        evaluated = "; ".join((f"K={k}: " if k is not None else "") + _dice_text(r) for k, r in sorted(
+            reports.items(), key=lambda kr: -1 if kr[0] is None else kr[0]))
+        bundle = bundle_of(run)
+        if bundle is not None and entry["steps"] and len(reports) >= wanted:
+            evaluated += f" (default K = {json.loads((bundle / 'model.json').read_text()).get('default_steps')})"
+        rows.append(f"| {entry['name']} | {state} | {iteration} / {budget} | {iteration * batch} | {minutes / 60:.2f} "
+                    f"| {(f'{dice[-1]:.3f}, {max(dice):.3f}' if dice else '-')} | {evaluated or '-'} |")
+    return header + "\n\n" + "\n".join(rows)
 
 
 if __name__ == "__main__":
@@ -229,12 +303,6 @@ if __name__ == "__main__":
     elif command == "resume":
         sys.exit(signal_group(signal.SIGCONT, "resumed"))
     elif command == "stop":
-        pid = _running_pid()
-        if pid:
-            os.killpg(pid, signal.SIGTERM)
-            os.killpg(pid, signal.SIGCONT)  # a paused process acts on the SIGTERM once it runs again
-            print(f"campaign stopped (worker {pid}); its runs resume from their checkpoints at the next start")
-        else:
-            print("the campaign is not running")
+        stop()
     else:
         sys.exit(f"unknown command {command!r}: start, status, pause, resume or stop")

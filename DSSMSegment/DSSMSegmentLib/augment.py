@@ -32,7 +32,7 @@ class AugmentConfig:
     low_res: float = 0.25  # probability of simulating a coarser acquisition
     low_res_factor: Tuple[float, float] = (1.5, 2.5)  # how much coarser
     low_res_aniso: bool = False  # a coarser acquisition in one in-plane direction than the other (phase encoding)
-    gamma_invert: float = 0.0  # probability of applying the gamma to the inverted image (darkens bright tissue)
+    gamma_invert: float = 0.0  # probability of the gamma on the inverted image: 1 - (1 - x) ** gamma
     noise: float = 0.1
     blur: float = 0.15
     color: float = 0.0  # per-channel gain jitter for RGB images

@@ -146,34 +146,43 @@ class ModelBundle:
             return {name: stats["dice"]["mean"] for name, stats in entry["summary"].items()}
         return dict(metrics.get("dice", {})) if not tta and samples == 1 else {}
 
-    def steps_dice(self) -> Dict[int, float]:
+    def steps_dice(self, data: Optional[str] = None) -> Dict[int, float]:
         """Mean validation Dice (over the structures) at each Markov step count K that ``dssm evaluate
-        --update-bundle`` recorded without other options, e.g. ``{0: 0.901, 4: 0.900}``."""
+        --update-bundle`` recorded without other options (of ``data`` only, when given), e.g. ``{0: 0.901, 4: 0.900}``."""
+        from .metrics import mean_dice
+
         metrics = self.metrics if isinstance(self.metrics, dict) else {}
         measured = {}
         for key, entry in (metrics.get("evaluations") or {}).items():
             match = re.fullmatch(r"val@K=(\d+)", key)
-            if match and entry.get("summary"):
-                values = [stats["dice"]["mean"] for stats in entry["summary"].values()]
-                measured[int(match.group(1))] = sum(values) / len(values)
+            if match and entry.get("summary") and (data is None or entry.get("data") == data):
+                measured[int(match.group(1))] = mean_dice(entry["summary"])
         return dict(sorted(measured.items()))
 
     def default_steps_reason(self) -> str:
         """Why the model runs at its default K, in words, with the validation Dice of each K measured."""
         if self.architecture.kind != "dssm":
             return "a discriminative baseline has no Markov chain"
-        measured = self.steps_dice()
-        listing = ", ".join(f"K = {k} {v:.3f}" for k, v in measured.items())
+
+        def listing(measured: dict) -> str:
+            return "mean validation Dice " + ", ".join(f"K = {k} {v:.3f}" for k, v in sorted(measured.items()))
+
         choice = self.meta.get("default_steps_choice")
-        if isinstance(choice, dict) and choice.get("rule") and len(measured) > 1:
-            return f"{choice['rule']}; mean validation Dice {listing}"
+        if isinstance(choice, dict) and choice.get("steps") == self.default_steps and choice.get("mean_dice"):
+            return f"{choice['rule']}; {listing({int(k): v for k, v in choice['mean_dice'].items()})}"
+        measured = self.steps_dice()
+        split = self.meta.get("training", {}).get("split", {})
+        if not measured and split.get("train") and not split.get("val"):
+            return "set at training; the model trained on all its cases, so no validation split measures K"
+        if self.default_steps not in measured:
+            return "set at training; not measured at this K on the validation cases" + (
+                f" ({listing(measured)})" if measured else "")
         if len(measured) < 2:
             return "set at training; no validation Dice recorded at another K"
         best = max(measured, key=measured.get)
-        if measured.get(self.default_steps) == measured[best]:
-            return f"the most accurate K measured; mean validation Dice {listing}"
-        return (f"set at training, not chosen on validation cases (K = {best} scored higher); "
-                f"mean validation Dice {listing}")
+        if measured[self.default_steps] == measured[best]:
+            return f"the most accurate K measured; {listing(measured)}"
+        return f"set at training, not chosen on validation cases (K = {best} scored higher); {listing(measured)}"
 
     # the other settings whose validation Dice is shown beside the default's: command-line option, in words
     OTHER_SETTINGS = (("--samples 4", "4 Markov samples", dict(samples=4)),

@@ -629,15 +629,9 @@ def cmd_cache(args) -> int:
                         "earlier cache is replaced)")
     from .preprocess import Preprocessing  # PyTorch: only once the command is known to be right
 
-    # built beside it and then moved in place, so that a stopped build leaves an earlier cache as it was
-    partial = out.with_name(f".{out.stem}.partial.npz")
-    try:
-        build_cache(args.data or recipe["data"], Preprocessing.from_dict(recipe["preprocessing"]),
-                    int(recipe.get("in_channels", 1)), recipe["tile"], partial,
-                    args.encoding or recipe.get("encoding", "jpeg"))
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
+    # build_cache writes it beside an earlier cache and then moves it in place: a stopped build leaves that as it was
+    build_cache(args.data or recipe["data"], Preprocessing.from_dict(recipe["preprocessing"]),
+                int(recipe.get("in_channels", 1)), recipe["tile"], out, args.encoding or recipe.get("encoding", "jpeg"))
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB")
     return 0
 

@@ -223,8 +223,25 @@ def build_cache(spec: str, prep, in_channels: int, tile: Optional[Sequence[int]]
         payload["images"] = np.stack(images)
     else:
         payload["images_encoded"] = np.array(images, dtype=object)
-    np.savez_compressed(out_path, **payload)
+    # written beside it and then moved in place, so that a stopped build leaves no cut-off cache (nor an earlier
+    # cache replaced by one)
+    partial = out_path.with_name(f".{out_path.stem}.partial.npz")
+    try:
+        np.savez_compressed(partial, **payload)
+        partial.replace(out_path)
+    finally:
+        partial.unlink(missing_ok=True)
     return out_path
+
+
+def cache_datasets(data: "CachedData") -> set:
+    """The datasets a loaded cache holds slices of (its patients are ``DATASET:PATIENT``)."""
+    return {p.split(":", 1)[0] for p in np.unique(data.patients)}
+
+
+def spec_datasets(spec: str) -> set:
+    """The dataset names of a dataset spec (``acdc+mnms1``, ``acdc=FOLDER``)."""
+    return {part.partition("=")[0] for part in spec.split("+")}
 
 
 def _encode(q: np.ndarray, encoding: str):

@@ -29,7 +29,7 @@ from .errors import DSSMError
 from .files import check_writable, refuse_unsafe_outputs
 from .imageio import IMAGE_SUFFIXES_2D, read_image, write_image_atomically
 from .inference import Segmenter
-from .metrics import StructureMetrics, as_dict, case_metrics, hd95_key, markdown_table, summarize
+from .metrics import StructureMetrics, as_dict, case_metrics, hd95_key, markdown_table, mean_dice, summarize
 
 
 def structures_of(bundle) -> Dict[str, List[int]]:
@@ -234,33 +234,31 @@ def record_cross_validation(bundle_name: str, metrics_files: List[Path], method:
     return summary
 
 
-# A K > 0 becomes the default only if its mean validation Dice is more than this above every smaller K's: the chain
-# must earn its steps (each costs time), and differences below it are within the noise of the chain's seed.
+# A larger K becomes the default only if its mean validation Dice is more than this above that of every smaller K:
+# the chain must earn its steps (each costs time), and smaller differences are within the noise of the chain's seed.
 STEPS_MARGIN = 0.002
 
 
-def choose_default_steps(bundle_name: str, margin: float = STEPS_MARGIN) -> int:
-    """Set the bundle's default K to the most accurate K recorded on its validation cases (:meth:`ModelBundle.steps_dice`):
-    the fewest steps whose mean Dice no larger K beats by more than ``margin``. Records the rule in ``model.json``
-    (``default_steps_choice``, which ``dssm models`` and the Slicer panel show) and the chosen K's Dice as the
-    model's headline metrics. Returns the chosen K."""
+def most_accurate_steps(measured: Dict[int, float], margin: float = STEPS_MARGIN) -> int:
+    """The fewest Markov steps K whose mean Dice no larger K beats by more than ``margin``."""
+    return min(k for k in measured if all(measured[j] <= measured[k] + margin for j in measured if j > k))
+
+
+def record_default_steps(bundle_name: str, measured: Dict[int, float], data: str, margin: float = STEPS_MARGIN) -> int:
+    """Make :func:`most_accurate_steps` of ``measured`` (mean validation Dice of ``data`` at each K, all recorded in
+    ``model.json`` by :func:`record_in_bundle`) the bundle's default K; record the rule (``default_steps_choice``,
+    which ``dssm models`` and the Slicer panel show) and the chosen K's Dice as the headline metrics."""
+    chosen = most_accurate_steps(measured, margin)
     bundle = resolve_model(bundle_name)
-    measured = bundle.steps_dice()
-    if not measured:
-        raise DSSMError(f"model '{bundle.name}' has no validation evaluation recorded; run dssm evaluate with "
-                        "--update-bundle at each K first")
-    chosen = min(measured)
-    for k in sorted(measured):
-        if measured[k] > measured[chosen] + margin:
-            chosen = k
     meta_path = bundle.path / META_FILE
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["default_steps"] = chosen
-    grid = ", ".join(str(k) for k in measured)
+    grid = ", ".join(str(k) for k in sorted(measured))
     meta["default_steps_choice"] = {
+        "steps": chosen, "data": data, "margin": margin,
         "rule": f"the most accurate of K = {grid} on the validation cases (a larger K only where it adds more than "
                 f"{margin:g} mean Dice)",
-        "mean_dice": {str(k): round(v, 4) for k, v in measured.items()}, "margin": margin,
+        "mean_dice": {str(k): round(v, 4) for k, v in sorted(measured.items())},
     }
     summary = meta["metrics"]["evaluations"][evaluation_key("val", chosen)]["summary"]
     _set_headline_metrics(meta["metrics"], summary, "px" if "hd95_px" in next(iter(summary.values())) else "mm")
@@ -268,7 +266,8 @@ def choose_default_steps(bundle_name: str, margin: float = STEPS_MARGIN) -> int:
     return chosen
 
 
-def evaluate_command(args) -> int:
+def evaluate_command(args, measured: Dict[int, float] = None) -> int:
+    """``dssm evaluate``; ``measured``: a dict that gets this evaluation's mean Dice under its K."""
     if getattr(args, "choose_steps", None):
         return _choose_steps_command(args)
     report = evaluate(args.model, args.data, args.split, args.steps, args.device, args.batch_size,
@@ -292,6 +291,8 @@ def evaluate_command(args) -> int:
         print(markdown_table(summary))
     if "uncertainty" in report:
         print("\n" + uncertainty_table(report))
+    if measured is not None:
+        measured[report["steps"]] = mean_dice(report["summary"])
     if args.update_bundle:
         record_in_bundle(args.model, report)
         print(f"\nrecorded in {resolve_model(args.model).path / META_FILE}")
@@ -314,17 +315,35 @@ def uncertainty_table(report: dict) -> str:
 
 
 def _choose_steps_command(args) -> int:
-    """``dssm evaluate DATA --model M --choose-steps 0,1,4``: evaluate at each K, record each in the bundle, and make
-    the most accurate the default (:func:`choose_default_steps`)."""
+    """``dssm evaluate DATA --model M --choose-steps 0,1,4``: evaluate the validation cases at each K, record each in
+    the bundle, and make the most accurate the default (:func:`record_default_steps`)."""
     import copy
 
+    from .sampler import chain_length
+
+    bundle = resolve_model(args.model)
+    if bundle.architecture.kind != "dssm":
+        raise DSSMError(f"--choose-steps: {bundle.name} is a discriminative baseline, which has no Markov chain")
+    others = [option for option, given in (("--steps", args.steps is not None), ("--tta", args.tta),
+                                            ("--samples", args.samples > 1), ("--limit", args.limit > 0),
+                                            ("--seed", args.seed != 0), ("--no-postprocess", args.no_postprocess),
+                                            ("--split", args.split != "val"), ("--uncertainty", args.uncertainty))
+              if given]
+    if others:
+        raise DSSMError(f"--choose-steps chooses the default from plain evaluations of all the validation cases; "
+                        f"leave out {', '.join(others)}")
+    most = chain_length(bundle.architecture.timesteps, bundle.architecture.markov_start)
+    if max(args.choose_steps) > most:
+        raise DSSMError(f"--choose-steps {max(args.choose_steps)}: the Markov chain of {bundle.name} has at most "
+                        f"{most} steps")
+    measured = {}
     for k in args.choose_steps:
         one = copy.copy(args)
         one.choose_steps, one.steps, one.update_bundle = None, k, True
         if args.output:
             one.output = str(Path(args.output) / f"K{k}")
-        evaluate_command(one)
-    chosen = choose_default_steps(args.model)
+        evaluate_command(one, measured)
+    chosen = record_default_steps(args.model, measured, args.data)
     bundle = resolve_model(args.model)
     print(f"\ndefault K of {bundle.name}: {chosen} ({bundle.default_steps_reason()})")
     calibrated = bundle.meta.get("familiarity", {}).get("steps")

@@ -203,6 +203,12 @@ def summarize(per_case: Mapping[str, Mapping[str, StructureMetrics]], unit: str 
     return summary
 
 
+def mean_dice(summary: Mapping[str, dict]) -> float:
+    """One number for a :func:`summarize` summary: the mean over its structures of their mean Dice (NaN if none)."""
+    values = [stats["dice"]["mean"] for stats in summary.values() if math.isfinite(stats["dice"]["mean"])]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def markdown_table(summary: dict) -> str:
     """Render a :func:`summarize` result as a Markdown table.
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, intensity, spatial
 from .bundle import ModelBundle, save_bundle
-from .datasets import CachedData, build_cache, load_cache, split_cases, Case
+from .datasets import CachedData, Case, build_cache, cache_datasets, load_cache, spec_datasets, split_cases
 from .errors import DSSMError
 from .networks import ArchitectureConfig, build_model, load_semantic_state, semantic_state
 from .preprocess import Preprocessing, pad_to_multiple
@@ -176,6 +176,23 @@ def _plot(log_path: Path, png_path: Path, label_names: List[str]) -> None:
     plt.close(fig)
 
 
+def _watch_for_pauses():
+    """A function that says whether the process was continued (SIGCONT, after a SIGSTOP: the training campaign's
+    pause) since it was last asked, so that the time a step spent stopped is not counted as training time."""
+    import signal
+    import threading
+
+    continued = [False]
+    if hasattr(signal, "SIGCONT") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCONT, lambda signum, frame: continued.__setitem__(0, True))
+
+    def ask() -> bool:
+        was, continued[0] = continued[0], False
+        return was
+
+    return ask
+
+
 def _setup_distributed(device_request: str):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -252,6 +269,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         if world > 1:
             dist.barrier()
     data = load_cache(cache_path)
+    if cache_datasets(data) != spec_datasets(data_spec):
+        # the default cache of a recipe whose data changed (the heart's gained M&Ms-1): built again; a cache the
+        # user named is theirs, and is refused
+        if cfg.cache:
+            raise DSSMError(f"--cache {cache_path} holds {'+'.join(sorted(cache_datasets(data)))}, but this run "
+                            f"trains on {data_spec}; build it with dssm cache --recipe {cfg.recipe} --out "
+                            f"{cache_path}, or name another cache")
+        if rank == 0:
+            if progress:
+                print(f"{cache_path} holds {'+'.join(sorted(cache_datasets(data)))}, not {data_spec}: building it "
+                      "again")
+            build_cache(data_spec, prep, in_channels, recipe["tile"], cache_path, recipe.get("encoding", "jpeg"),
+                        progress=progress)
+        if world > 1:
+            dist.barrier()
+        data = load_cache(cache_path)
     patients = sorted(set(data.patients.tolist()))
     groups = {p: g for p, g in zip(data.patients.tolist(), data.groups.tolist())}
     source_training = source.meta.get("training", {}) if source is not None else {}
@@ -347,6 +380,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         return states
 
     stopped_early = False
+    resumed_after_pause = _watch_for_pauses()
+    last_step_seconds = 0.0
     # A resumed run whose budget is already spent trains no further (it used to take one extra step past the
     # budget on every re-run); it just writes the bundle again from the checkpoint's EMA weights.
     while fraction_done() < 1.0:
@@ -376,7 +411,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
         losses.append(float(loss.detach()))
         state["iteration"] += 1
         state["samples"] += cfg.batch_size * world
-        state["train_seconds"] += time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t0
+        if resumed_after_pause():  # stopped (SIGSTOP) during this step: the pause is no training time
+            step_seconds = last_step_seconds
+        last_step_seconds = step_seconds
+        state["train_seconds"] += step_seconds
         done = fraction_done()
         out_of_time = cfg.stop_after_minutes > 0 and time.perf_counter() - call_start >= 60 * cfg.stop_after_minutes
         stop_flag.fill_(1.0 if done >= 1.0 else 2.0 if out_of_time else 0.0)  # rank 0's decision rules (DDP)

@@ -4,11 +4,11 @@ back (another vendor and country than ACDC), per structure, beside issue 23's ta
     .venv/bin/python scripts/experiments/heart_vendors.py [--readme] [MODEL_OR_BUNDLE ...]
 
 Default models: the bundled heart DSSM and its baseline, and every heart run of the training campaign
-(runs/campaign/heart-*/bundle/*). Each is scored at its default K with ``dssm evaluate`` into
-``results/heart-vendors/LABEL/{acdc,mnms1}/`` (a campaign run's own ``eval-acdc``/``eval-mnms1`` folders are used
-when they are there), once: folders already written are read again. A model that never trained on M&Ms-1 (the
-bundled ones) is scored on all its subjects (``--split all``) and then on the held-back ones alone, the same
-subjects as every other row.
+(runs/campaign/heart-*/bundle/*). A campaign run is read from its own evaluation at its default K
+(runs/campaign/NAME/eval/, of acdc+mnms1); any other model is scored at its default K with ``dssm evaluate`` into
+``results/heart-vendors/LABEL/{acdc,mnms1}/``, once (folders already written are read again: delete one to score
+a changed model again). A model that never trained on M&Ms-1 (the bundled ones) is scored on all its subjects
+(``--split all``) and then on the held-back ones alone, the same subjects as every other row.
 """
 
 from __future__ import annotations
@@ -40,27 +40,51 @@ def held_back_philips() -> set:
     return {p.split(":", 1)[1] for p in split["val"] if p.startswith("mnms1:")}
 
 
-def evaluation(model: str, label: str, data: str) -> dict:
-    """``dssm evaluate``'s report of ``model`` on ``data``: its validation cases there, or all of them when it has
-    none there (a model that never trained on that dataset)."""
+def campaign_report(model: str):
+    """The campaign's own evaluation of a bundle in runs/campaign/NAME/bundle/ (at its default K), or None."""
     bundle = Path(model)
-    if bundle.is_dir() and (bundle.parents[1] / f"eval-{data}" / "metrics.json").exists():
-        return json.loads((bundle.parents[1] / f"eval-{data}" / "metrics.json").read_text())
+    if not bundle.is_dir() or bundle.parents[2] != ROOT / "runs" / "campaign":
+        return None
+    default = json.loads((bundle / "model.json").read_text()).get("default_steps")
+    for folder in (bundle.parents[1] / "eval", bundle.parents[1] / "eval" / f"K{default}"):
+        if (folder / "metrics.json").exists():
+            report = json.loads((folder / "metrics.json").read_text())
+            if report["steps"] == default:
+                return report
+    return None
+
+
+def evaluate(model: str, label: str, data: str, split: str) -> dict:
+    """``dssm evaluate data --split split`` of ``model`` into results/heart-vendors/LABEL/DATA (once)."""
     target = OUT / label / data
     if not (target / "metrics.json").exists():
-        command = [DSSM, "evaluate", data, "--model", model, "-o", str(target), "--device", "cpu", "--overwrite"]
+        command = [DSSM, "evaluate", data, "--model", model, "--split", split, "-o", str(target), "--device", "cpu",
+                   "--overwrite"]
         proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0 and "none of the model's 'val' cases" in proc.stderr:
-            proc = subprocess.run(command + ["--split", "all"], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}")
     return json.loads((target / "metrics.json").read_text())
 
 
-def mean_dice(report: dict, subjects=None) -> dict:
-    """Per structure, the mean Dice over the report's cases (those of ``subjects`` only, when given)."""
-    cases = [c for cid, c in report["per_case"].items() if subjects is None or cid.split("_sa_")[0] in subjects]
-    return {s: float(np.nanmean([c[s]["dice"] for c in cases])) for s in STRUCTURES}, len(cases)
+def per_case(model: str, label: str) -> tuple:
+    """``(ACDC's validation cases, M&Ms-1's cases)``: each ``{case id: {structure: metrics}}``; M&Ms-1's are the
+    model's validation cases there, or all of its subjects for a model that never trained on them."""
+    report = campaign_report(model)
+    if report is not None:
+        cases = report["per_case"]
+        return ({c: m for c, m in cases.items() if "_sa_" not in c}, {c: m for c, m in cases.items() if "_sa_" in c})
+    from DSSMSegmentLib.bundle import resolve_model
+
+    split = resolve_model(model).meta.get("training", {}).get("split", {})
+    trained_on_mnms = any(p.startswith("mnms1:") for p in split.get("train", []))
+    return (evaluate(model, label, "acdc", "val")["per_case"],
+            evaluate(model, label, "mnms1", "val" if trained_on_mnms else "all")["per_case"])
+
+
+def structure_dice(cases: dict, subjects=None) -> tuple:
+    """``({structure: mean Dice over the cases (those of subjects only, when given)}, number of cases)``."""
+    kept = [c for cid, c in cases.items() if subjects is None or cid.split("_sa_")[0] in subjects]
+    return {s: float(np.nanmean([c[s]["dice"] for c in kept])) for s in STRUCTURES}, len(kept)
 
 
 def main(argv) -> None:
@@ -74,12 +98,14 @@ def main(argv) -> None:
             "| mean of the six |", "|---|---|---|---|"]
     notes = []
     for model in models:
-        label = Path(model).parents[1].name if Path(model).is_dir() else model
-        acdc, n_acdc = mean_dice(evaluation(model, label, "acdc"))
-        report = evaluation(model, label, "mnms1")
-        mnms, n_mnms = mean_dice(report, philips)
-        if report["split"] == "all":
-            everyone, n_all = mean_dice(report)
+        from DSSMSegmentLib.bundle import resolve_model
+
+        label = Path(model).parents[1].name if campaign_report(model) is not None else resolve_model(model).name
+        acdc_cases, mnms_cases = per_case(model, label)
+        acdc, n_acdc = structure_dice(acdc_cases)
+        mnms, n_mnms = structure_dice(mnms_cases, philips)
+        everyone, n_all = structure_dice(mnms_cases)
+        if n_all > n_mnms:
             notes.append(f"{label} on all {n_all} M&Ms-1 Philips volumes (none trained on): "
                          + " / ".join(f"{everyone[s]:.3f}" for s in STRUCTURES))
         six = np.mean(list(acdc.values()) + list(mnms.values()))
