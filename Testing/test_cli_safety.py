@@ -667,16 +667,18 @@ def test_dssm_models_shows_each_dataset_and_the_cross_validation(tmp_path) -> No
     assert proc.returncode == 0, describe(proc)
     text = proc.stdout
     names = [line.split()[0] for line in text.splitlines() if line and not line.startswith(" ")]
+    # each DSSM: its name, its labels, its default K and why (test_campaign.py), then its Dice rows
     skin = text[text.index("skin-lesion-dermoscopy  ["):].split("\n")
-    assert skin[2].startswith("    validation Dice on isic2018 (403 cases): skin lesion 0.")
-    assert skin[3].startswith("    validation Dice on ph2 (27 cases): skin lesion 0.")
+    assert skin[2].startswith("    default K = ")
+    assert skin[3].startswith("    validation Dice on isic2018 (403 cases): skin lesion 0.")
+    assert skin[4].startswith("    validation Dice on ph2 (27 cases): skin lesion 0.")
     prostate = text[text.index("prostate-t2-mri  ["):].split("\n")
-    assert prostate[2].startswith("    leave-one-case-out Dice (4 cases): transition zone 0.")
-    assert "whole gland" in prostate[2]
+    assert prostate[3].startswith("    leave-one-case-out Dice (4 cases): transition zone 0.")
+    assert "whole gland" in prostate[3]
     assert "prostate-t2-mri-baseline" in names
     # the numbers are those of the recorded evaluation (not re-typed)
     skin_meta = resolve_model("skin-lesion-dermoscopy").metrics["evaluations"]["val@K=4"]["by_dataset"]
-    assert f"{skin_meta['ph2']['skin lesion']['dice']['mean']:.3f}" in skin[3]
+    assert f"{skin_meta['ph2']['skin lesion']['dice']['mean']:.3f}" in skin[4]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -255,7 +255,8 @@ def status() -> str:
     running = bool(pid) and _state(pid) != "T"
     current = CURRENT.read_text().strip() if pid and CURRENT.exists() else None
     header = f"campaign: {'running' if running else 'paused' if pid else 'not running'}" + (
-        f" (worker {pid}, on {current})" if pid and current else "")
+        f" (worker {pid}, on {current})" if pid and current else "") + f"; runs folder {RUNS}" + (
+        "" if RUNS.exists() else " (none yet: this checkout has never started a campaign)")
     rows = ["| run | state | iteration / budget | samples | hours of training at the last validation (CPU, 2 threads) | validation mean Dice "
             "while training (last, best) | evaluated: mean Dice over the structures |", "|---|---|---|---|---|---|---|"]
     for entry in read_queue():
@@ -277,7 +278,7 @@ def status() -> str:
             state = "failed: " + (run / "failed").read_text().strip()
         elif bundle_of(run) is None:
             state = ("training" if entry["name"] == current else
-                     "stopped, resumes from its checkpoint" if (run / "checkpoint.pt").exists() else "queued")
+                     "stopped, resumes from its checkpoint" if (run / "checkpoint.pt").exists() else "not started")
         else:
             state = "done" if len(reports) >= wanted else "evaluating" if entry["name"] == current else "trained"
         evaluated = "; ".join((f"K={k}: " if k is not None else "") + _dice_text(r) for k, r in sorted(

@@ -164,8 +164,12 @@ class ModelBundle:
         if self.architecture.kind != "dssm":
             return "a discriminative baseline has no Markov chain"
 
+        evaluations = (self.metrics.get("evaluations") or {}) if isinstance(self.metrics, dict) else {}
+        datasets = next((list(e["by_dataset"]) for e in evaluations.values() if len(e.get("by_dataset") or {}) > 1), [])
+        pooled = f" ({' and '.join(datasets)} pooled)" if datasets else ""
+
         def listing(measured: dict) -> str:
-            return "mean validation Dice " + ", ".join(f"K = {k} {v:.3f}" for k, v in sorted(measured.items()))
+            return f"mean validation Dice{pooled} " + ", ".join(f"K = {k} {v:.3f}" for k, v in sorted(measured.items()))
 
         choice = self.meta.get("default_steps_choice")
         if isinstance(choice, dict) and choice.get("steps") == self.default_steps and choice.get("mean_dice"):

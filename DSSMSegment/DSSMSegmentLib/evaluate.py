@@ -49,7 +49,9 @@ def select_cases(cases: List[Case], bundle, split: str) -> List[Case]:
                         "(its cross-validated Dice, if any, is in 'dssm models')")
     chosen = [c for c in cases if case_key(c) in keys]
     if not chosen:
-        raise DSSMError(f"none of the model's '{split}' cases are in this dataset")
+        raise DSSMError(f"none of the model's '{split}' cases are in this dataset"
+                        + ("; --split all scores every case of it (the note after the table says how many the model "
+                           "trained on)" if split != "all" else ""))
     return chosen
 
 
@@ -123,7 +125,8 @@ def evaluate(bundle_name: str, data: str, split: str = "val", steps=None, device
     options = evaluation_options(tta, postprocess, seed, samples)
     detection = {measure: unc.ErrorDetection() for measure in unc.MEASURES} if uncertainty else {}
     chains = 0
-    for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}{options}", unit="case", disable=not progress):
+    for case in tqdm(cases, desc=f"evaluate {bundle.name} K={k}{options}", unit="case",
+                     disable=not progress or not sys.stderr.isatty()):  # a log gets no progress bar, as for segment
         image = read_image(case.image)
         t0 = time.perf_counter()
         run = segmenter.run(image, steps=k, seed=seed, name=str(case.image), postprocess=postprocess,
