@@ -250,7 +250,9 @@ def _dice_text(report: dict) -> str:
     return f"{mean_dice(report['summary']):.3f}"
 
 
-def status() -> str:
+def status(readme: bool = False) -> str:
+    """The status table; ``readme``: without the header line and the evaluations' Dice (tables of their own
+    give those: scripts/experiments/heart_vendors.py), so that each number appears once."""
     pid = _running_pid()
     running = bool(pid) and _state(pid) != "T"
     current = CURRENT.read_text().strip() if pid and CURRENT.exists() else None
@@ -288,6 +290,8 @@ def status() -> str:
             evaluated += f" (default K = {json.loads((bundle / 'model.json').read_text()).get('default_steps')})"
         rows.append(f"| {entry['name']} | {state} | {iteration} / {budget} | {iteration * batch} | {minutes / 60:.2f} "
                     f"| {(f'{dice[-1]:.3f}, {max(dice):.3f}' if dice else '-')} | {evaluated or '-'} |")
+    if readme:
+        return "\n".join("|".join(row.split("|")[:-2]) + "|" for row in rows)
     return header + "\n\n" + "\n".join(rows)
 
 
@@ -298,7 +302,7 @@ if __name__ == "__main__":
     elif command == "start":
         start()
     elif command == "status":
-        print(status())
+        print(status(readme="--readme" in sys.argv[2:]))
     elif command == "pause":
         sys.exit(signal_group(signal.SIGSTOP, "paused"))
     elif command == "resume":

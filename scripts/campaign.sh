@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/dssm ] || bash scripts/setup.sh >/dev/null
-exec .venv/bin/python scripts/campaign.py "${1:-status}"
+exec .venv/bin/python scripts/campaign.py "${@:-status}"

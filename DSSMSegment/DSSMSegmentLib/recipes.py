@@ -43,7 +43,9 @@ RECIPES = {
         ],
         "preprocessing": {"modality": "MRI", "channels": ["cine MRI"], "spacing_mm": [1.5, 1.5]},
         "tile": [192, 192], "crop": [160, 160],
-        "augment": MRI_HEAVY_AUGMENT,
+        # the heavy augmentation (--augment mri-heavy) lost to this one in the campaign's short comparison: after 24 000
+        # samples each, 0.03 lower mean Dice both on ACDC and on the held-back Philips subjects (README)
+        "augment": MRI_AUGMENT,
         "postprocessing": {"largest_component": [1, 2, 3]},
         "val_fraction": 0.2,
     },
