@@ -262,24 +262,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Optional[Path]:
     in_channels = int(recipe.get("in_channels", 1))
     data_spec = cfg.data or recipe["data"]
     cache_path = Path(cfg.cache) if cfg.cache else Path("cache") / f"{cfg.recipe}.npz"
-    if not cache_path.exists():
-        if rank == 0:
-            build_cache(data_spec, prep, in_channels, recipe["tile"], cache_path, recipe.get("encoding", "jpeg"),
-                        progress=progress)
-        if world > 1:
-            dist.barrier()
-    data = load_cache(cache_path)
-    if cache_datasets(data) != spec_datasets(data_spec):
-        # the default cache of a recipe whose data changed (the heart's gained M&Ms-1): built again; a cache the
+    data = load_cache(cache_path) if cache_path.exists() else None
+    if data is not None and cache_datasets(data) != spec_datasets(data_spec):
+        # the default cache of a recipe whose data changed (the heart's gained M&Ms-1) is built again; a cache the
         # user named is theirs, and is refused
+        held = "+".join(sorted(cache_datasets(data)))
         if cfg.cache:
-            raise DSSMError(f"--cache {cache_path} holds {'+'.join(sorted(cache_datasets(data)))}, but this run "
-                            f"trains on {data_spec}; build it with dssm cache --recipe {cfg.recipe} --out "
-                            f"{cache_path}, or name another cache")
+            raise DSSMError(f"--cache {cache_path} holds {held}, but this run trains on {data_spec}; build it with "
+                            f"dssm cache --recipe {cfg.recipe} --out {cache_path}, or name another cache")
+        if rank == 0 and progress:
+            print(f"{cache_path} holds {held}, not {data_spec}: building it again")
+        data = None
+    if data is None:
         if rank == 0:
-            if progress:
-                print(f"{cache_path} holds {'+'.join(sorted(cache_datasets(data)))}, not {data_spec}: building it "
-                      "again")
             build_cache(data_spec, prep, in_channels, recipe["tile"], cache_path, recipe.get("encoding", "jpeg"),
                         progress=progress)
         if world > 1:
